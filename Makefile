@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh clone:
+#   make repro   set up .venv from requirements.lock, then `dvc repro` the whole pipeline
+#   make test    set up .venv, then lint and run the test suite (what CI runs)
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: setup repro test lint bench lock clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --no-deps -r requirements.lock
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+repro: $(STAMP)
+	. $(VENV)/bin/activate && dvc repro
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)
+	. $(VENV)/bin/activate && for b in benchmarks/*.py; do python $$b || exit 1; done
+
+# Re-pin after changing pyproject.toml's dependencies (run in a venv with the new set installed).
+lock:
+	$(VENV)/bin/pip freeze --all --exclude-editable | grep -v -E '^(pip|wheel)==' > requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)

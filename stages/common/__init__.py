@@ -1,0 +1,1 @@
+"""Pieces every stage shares: datasets, params, errors, seeding, progress, reports."""

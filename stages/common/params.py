@@ -1,0 +1,106 @@
+"""Reading a stage's section of params.yaml into a typed, validated dataclass.
+
+Each stage declares its parameters as a frozen dataclass. Unknown keys, missing keys and values of
+the wrong type are `StageError`s naming the params key, so a typo in params.yaml fails at once
+instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from stages.common.errors import StageError
+
+T = TypeVar("T")
+
+PARAMS_FILE = Path("params.yaml")
+
+
+def load_yaml(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise StageError(path, "params file not found (run from the repository root)") from None
+    except yaml.YAMLError as exc:
+        raise StageError(path, f"not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise StageError(path, "expected a mapping of sections at the top level")
+    return data
+
+
+def load_section(cls: type[T], section: str, path: str | Path = PARAMS_FILE) -> T:
+    """Parse `section` of the params file into `cls`; the shared `base` section is merged in first."""
+    data = load_yaml(path)
+    if section not in data:
+        raise StageError(path, f"no '{section}' section")
+    merged = {**(data.get("base") or {}), **(data[section] or {})}
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    merged = {k: v for k, v in merged.items() if k in known or k in (data[section] or {})}
+    return from_mapping(cls, merged, f"{path}: {section}")
+
+
+def from_mapping(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass `cls` from a mapping, recursing into nested dataclasses."""
+    if not isinstance(data, dict):
+        raise StageError(where, f"expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise StageError(f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(fields))})")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, field in fields.items():
+        key = f"{where}.{name}"
+        if name not in data:
+            no_default = dataclasses.MISSING
+            if field.default is no_default and field.default_factory is no_default:
+                raise StageError(key, "missing")
+            continue
+        values[name] = _coerce(hints[name], data[name], key)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(option, value, where)
+            except StageError:
+                continue
+        raise StageError(where, f"expected {_name(hint)}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise StageError(where, f"expected one of {list(typing.get_args(hint))}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise StageError(where, f"expected a list, got {value!r}")
+        (item,) = set(typing.get_args(hint)) - {Ellipsis}
+        return origin(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return from_mapping(hint, value, where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is Path and isinstance(value, str):
+        return Path(value)
+    if isinstance(hint, type) and isinstance(value, hint) and not (
+        hint is int and isinstance(value, bool)
+    ):
+        return value
+    raise StageError(where, f"expected {_name(hint)}, got {value!r}")
+
+
+def _name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
