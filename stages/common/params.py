@@ -37,14 +37,16 @@ def load_yaml(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 
 def load_section(cls: type[T], section: str, path: str | Path = PARAMS_FILE) -> T:
-    """Parse `section` of the params file into `cls`; the shared `base` section is merged in first."""
+    """Parse `section` of the params file into `cls`, with the shared `base` keys it declares."""
     data = load_yaml(path)
     if section not in data:
         raise StageError(path, f"no '{section}' section")
-    merged = {**(data.get("base") or {}), **(data[section] or {})}
+    own = data[section] or {}
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    merged = {k: v for k, v in merged.items() if k in known or k in (data[section] or {})}
-    return from_mapping(cls, merged, f"{path}: {section}")
+    # `base` holds what many stages share; a stage takes the base keys it declares and ignores the
+    # rest, while an unknown key in its own section is a typo and an error.
+    shared = {k: v for k, v in (data.get("base") or {}).items() if k in known}
+    return from_mapping(cls, shared | own, f"{path}: {section}")
 
 
 def from_mapping(cls: type[T], data: Any, where: str) -> T:
@@ -54,7 +56,9 @@ def from_mapping(cls: type[T], data: Any, where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise StageError(f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(fields))})")
+        raise StageError(
+            f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(fields))})"
+        )
     hints = typing.get_type_hints(cls)
     values = {}
     for name, field in fields.items():
@@ -95,8 +99,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return float(value)
     if hint is Path and isinstance(value, str):
         return Path(value)
-    if isinstance(hint, type) and isinstance(value, hint) and not (
-        hint is int and isinstance(value, bool)
+    if (
+        isinstance(hint, type)
+        and isinstance(value, hint)
+        and not (hint is int and isinstance(value, bool))
     ):
         return value
     raise StageError(where, f"expected {_name(hint)}, got {value!r}")
