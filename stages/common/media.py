@@ -14,6 +14,7 @@ input (single-threaded x264, no timestamps in the container), for synthetic stan
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,42 +185,54 @@ class AudioReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._container: av.container.InputContainer | None = None
+        self._open()
+        self.rate = self._stream.codec_context.sample_rate
+
+    def _open(self) -> None:
+        self.close()
         try:
             self._container = av.open(str(self.path))
         except (av.FFmpegError, OSError) as exc:
             raise StageError(self.path, f"cannot be decoded ({exc})") from None
         if not self._container.streams.audio:
-            self._container.close()
+            self.close()
             raise StageError(self.path, "no audio track")
         self._stream = self._container.streams.audio[0]
-        self.rate = self._stream.codec_context.sample_rate
 
     def read(self, start: float, end: float, rate: int) -> np.ndarray:
         """float32 mono samples of [start, end) at `rate`: exactly round((end - start) * rate).
 
-        Sample i is the recording's sound at start + i / rate (to within half a sample).
+        Samples lie on the recording's own grid at `rate` (sample g at g / rate, from
+        g = round(start * rate)), so clips agree with resampling the whole track at once.
         """
         count = round((end - start) * rate)
-        first = max(0.0, start - AUDIO_MARGIN)
-        source, source_start = self._decode(first, end + AUDIO_MARGIN)
+        source, first_index = self._decode(max(0.0, start - AUDIO_MARGIN), end + AUDIO_MARGIN)
         mono = source.mean(axis=0) if source.shape[0] > 1 else source[0]
-        resampled = (
-            soxr.resample(mono, self.rate, rate, quality="HQ") if rate != self.rate else mono
-        )
-        offset = round((start - source_start) * rate)
+        # Start resampling at a source sample that falls on the output grid, so that the
+        # resampled block's sample 0 is grid sample `grid0` exactly (no fractional shift).
+        step = self.rate // math.gcd(self.rate, rate)
+        trim = -first_index % step
+        grid0 = (first_index + trim) * rate // self.rate
+        resampled = soxr.resample(mono[trim:], self.rate, rate, quality="HQ")
+        offset = round(start * rate) - grid0
         out = np.zeros(count, np.float32)
-        take = resampled[max(offset, 0) : max(offset, 0) + count]
-        # A span can start before the first decoded sample (at time 0): that part is silence.
-        lead = max(-offset, 0)
-        out[lead : lead + len(take)] = take[: count - lead]
+        # A span can start before the first decoded sample (only near time 0): that is silence.
+        take = resampled[max(offset, 0) : max(offset, 0) + count - max(-offset, 0)]
+        out[max(-offset, 0) : max(-offset, 0) + len(take)] = take
         return out
 
     def _decode(self, start: float, end: float) -> tuple[np.ndarray, float]:
-        """Planar float samples (channels, n) covering [start, end], and the time of the first."""
+        """Planar float samples (channels, n) covering [start, end], and the first one's index."""
         tb = self._stream.time_base
         seconds = float(tb)  # float arithmetic: Fraction timestamps cost more than decoding
         try:
-            self._container.seek(int(start / tb), stream=self._stream, backward=True)
+            if start > 0:
+                self._container.seek(int(start / tb), stream=self._stream, backward=True)
+            else:
+                # After a seek the AAC decoder restarts without the priming frame's overlap, so
+                # its first ~600 samples differ; from time 0, decode as a fresh reader does.
+                self._open()
             chunks, first_time = [], None
             for frame in self._container.decode(self._stream):
                 if frame.pts is None:
@@ -234,10 +247,21 @@ class AudioReader:
             raise StageError(self.path, f"audio cannot be decoded ({exc})") from None
         if not chunks:
             raise StageError(self.path, f"no audio at {start:.3f} s")
-        return np.concatenate(chunks, axis=1), float(first_time)
+        first = round(first_time * self.rate)
+        if seconds * self.rate > 1:
+            # Timestamps coarser than a sample (Matroska: 1 ms) only locate a frame to within a
+            # tick. Codecs with fixed frame sizes (AAC 1024, MP3 1152) put frames on a grid of
+            # that size: snap to it, which recovers the exact sample position.
+            size = chunks[0].shape[1]
+            snapped = round(first / size) * size
+            if abs(snapped - first) <= seconds * self.rate:
+                first = snapped
+        return np.concatenate(chunks, axis=1), first
 
     def close(self) -> None:
-        self._container.close()
+        if self._container is not None:
+            self._container.close()
+            self._container = None
 
     def __enter__(self) -> AudioReader:
         return self
@@ -275,14 +299,15 @@ def write_media(
     preset: str = "veryfast",
     gop: int | None = None,
 ) -> None:
-    """Encode RGB frames (h, w, 3) uint8 and optional float audio (channels, n) in [-1, 1] as MP4.
+    """Encode RGB frames (h, w, 3) uint8 and optional float audio (channels, n) in [-1, 1].
 
-    H.264 (libx264, yuv420p) + AAC. Deterministic: one x264 thread and no wall-clock metadata, so
-    the same input gives the same bytes. `gop` is the key-frame interval in frames (default 1 s),
-    which bounds the decoding a seek costs. Frames are consumed one at a time.
+    H.264 (libx264, yuv420p) + AAC, in the container the suffix names (.mp4, .mkv, .mov).
+    Deterministic: one x264 thread and FFmpeg's bitexact mode (no version strings, no random
+    Matroska UIDs), so the same input gives the same bytes. `gop` is the key-frame interval in
+    frames (default 1 s), which bounds the decoding a seek costs. Frames are consumed one at a time.
     """
     options = {"crf": str(crf), "preset": preset, "threads": "1", "g": str(gop or fps)}
-    with av.open(str(path), "w", format="mp4") as container:
+    with av.open(str(path), "w", container_options={"fflags": "+bitexact"}) as container:
         video = container.add_stream("libx264", rate=fps, options=options)
         video.pix_fmt = "yuv420p"
         sound = None
