@@ -23,11 +23,10 @@ import io
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import groupby
 from pathlib import Path
 from typing import Literal
 
@@ -49,7 +48,7 @@ log = logging.getLogger(__name__)
 
 OUT = Path("data/gameplay/clips")
 REPORTS = Path("reports/gameplay")
-CHUNK_CLIPS = 8  # clips per job: one reader open per chunk, bounded memory per job
+ROW_GROUP_CLIPS = 4  # clips per Parquet row group: what a worker holds in memory
 SHEET_FRAMES = 6  # frames per label in the contact sheet
 MAX_LISTED = 5  # bad rows quoted in one error message
 
@@ -73,7 +72,7 @@ class Params:
     audio_rate: int = 16000
     on_bad_recording: Literal["fail", "skip"] = "fail"
     workers: int = 0  # 0 = one per core
-    shard_rows: int = 128  # clips per Parquet shard
+    shard_rows: int = 24  # clips per Parquet shard (at most); one worker writes one shard
     compression_level: int = 3
 
 
@@ -190,55 +189,105 @@ def raise_bad_rows(specs: list[ClipSpec | str], events: Path) -> None:
 # --- reading clips -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ChunkJob:
-    path: Path
-    clips: list[ClipSpec]
-    fps: int
-    size: int
-    audio_rate: int
-
-
-@dataclass
-class ChunkResult:
-    clips: list[ClipSpec]
-    frames: list[np.ndarray] = field(default_factory=list)
-    audio: list[np.ndarray] = field(default_factory=list)
-    error: tuple[str, str] | None = None  # (where, problem): StageError does not pickle
-
-
 def clip_frame_count(duration: float, fps: int) -> int:
     return round(duration * fps)
 
 
-def read_chunk(job: ChunkJob) -> ChunkResult:
-    """Frames and audio of a few clips of one recording, in time order."""
-    result = ChunkResult(job.clips)
-    try:
-        frames = FrameReader(job.path, (job.size, job.size))
-        with AudioReader(job.path) as audio:
-            for clip in job.clips:
-                times = sample_times(clip.start, clip_frame_count(clip.duration, job.fps), job.fps)
-                result.frames.append(frames.frames_at(times))
-                result.audio.append(audio.read(clip.start, clip.end, job.audio_rate))
-    except StageError as exc:
-        return ChunkResult(job.clips, error=(exc.where, exc.problem))
+@dataclass(frozen=True)
+class ShardJob:
+    """Clips (sorted by recording, start) that one worker reads and writes as one shard."""
+
+    path: Path
+    clips: list[ClipSpec]
+    recordings: Path
+    schema: dataset.SampleSchema
+    params: Params
+
+
+@dataclass
+class ShardResult:
+    rows: int = 0
+    bytes: int = 0
+    frames: int = 0
+    samples: int = 0
+    per_label: dict[str, int] = field(default_factory=dict)
+    recordings: set[str] = field(default_factory=set)
+    sheet: dict[str, np.ndarray] = field(default_factory=dict)  # label -> its first clip
+    failures: list[dict] = field(default_factory=list)
+    error: tuple[str, str] | None = None  # (where, problem): StageError does not pickle
+
+
+def write_shard(job: ShardJob) -> ShardResult:
+    """Read the job's clips, a few at a time, into one shard file; memory is one row group.
+
+    A recording that fails to decode stops the shard with `error` (fail mode) or turns its
+    remaining clips into failures (skip mode).
+    """
+    p, result = job.params, ShardResult()
+    shape = job.schema.arrays
+    shard = dataset.ShardFile(job.path, job.schema, compression_level=p.compression_level)
+    batch: list[tuple[ClipSpec, np.ndarray, np.ndarray]] = []
+    for name, group in groupby(job.clips, key=lambda c: c.recording):
+        clips, read = list(group), set()
+        try:
+            frames = FrameReader(job.recordings / name, (p.size, p.size))
+            with AudioReader(job.recordings / name) as audio:
+                for clip in clips:
+                    times = sample_times(clip.start, clip_frame_count(clip.duration, p.fps), p.fps)
+                    sound = audio.read(clip.start, clip.end, p.audio_rate)
+                    batch.append((clip, frames.frames_at(times), sound))
+                    read.add(clip.row)
+                    if len(batch) == ROW_GROUP_CLIPS:
+                        _flush(shard, batch, p, shape, result)
+        except StageError as exc:
+            if p.on_bad_recording == "fail":
+                shard.close()
+                return ShardResult(error=(exc.where, exc.problem))
+            # Clips read before the failure are kept; the rest of the recording's are listed.
+            result.failures += [_failure(c, str(exc)) for c in clips if c.row not in read]
+    _flush(shard, batch, p, shape, result)
+    result.bytes = shard.close()
     return result
 
 
-def ordered_map(fn: Callable, jobs: Iterable, workers: int) -> Iterator:
-    """fn over jobs in order, on `workers` processes with at most 2 x workers jobs in flight."""
-    if workers <= 1:
+def _flush(shard, batch: list, p: Params, shape: dict, result: ShardResult) -> None:
+    """Write the batched clips as one row group and count them; empties the batch."""
+    if not batch:
+        return
+    clips = [b[0] for b in batch]
+    frames, audio = [b[1] for b in batch], [b[2] for b in batch]
+    shard.write(
+        {
+            "clip_id": np.array([c.row for c in clips], np.int64),
+            "recording": [c.recording for c in clips],
+            "label": [c.label for c in clips],
+            "label_index": np.array([p.labels.index(c.label) for c in clips], np.int16),
+            "start": np.array([c.start for c in clips]),
+            "end": np.array([c.end for c in clips]),
+            "n_frames": np.array([len(f) for f in frames], np.int32),
+            "frames": padded(frames, shape["frames"].shape[0]),
+            "n_samples": np.array([len(a) for a in audio], np.int32),
+            "audio": padded(audio, shape["audio"].shape[0]),
+            "audio_rate": np.full(len(clips), p.audio_rate, np.int32),
+        }
+    )
+    for clip, f in zip(clips, frames, strict=True):
+        result.per_label[clip.label] = result.per_label.get(clip.label, 0) + 1
+        result.sheet.setdefault(clip.label, f)
+        result.recordings.add(clip.recording)
+    result.rows += len(clips)
+    result.frames += sum(len(f) for f in frames)
+    result.samples += sum(len(a) for a in audio)
+    batch.clear()
+
+
+def run_jobs(fn: Callable, jobs: list, workers: int) -> Iterator:
+    """fn over jobs, in order; on `workers` processes unless one suffices."""
+    if workers <= 1 or len(jobs) <= 1:
         yield from map(fn, jobs)
         return
-    items = iter(jobs)
-    with ProcessPoolExecutor(workers) as pool:
-        pending = deque(pool.submit(fn, job) for job in islice(items, 2 * workers))
-        while pending:
-            result = pending.popleft().result()
-            for job in islice(items, 1):
-                pending.append(pool.submit(fn, job))
-            yield result
+    with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+        yield from pool.map(fn, jobs)
 
 
 def schema(params: Params, max_frames: int, max_samples: int) -> dataset.SampleSchema:
@@ -318,6 +367,7 @@ def validate_params(p: Params) -> None:
 
 def build(params: Params, out: Path) -> Outcome:
     """Validate everything, then write the clip dataset to `out` atomically."""
+    started = time.perf_counter()  # the rate in the metrics includes validating and probing
     validate_params(params)
     table = read_events(params.events)
     specs = parse_rows(table, params, params.recordings)
@@ -331,67 +381,50 @@ def build(params: Params, out: Path) -> Outcome:
     )
     failures = [_failure(c, broken[c.recording]) for c in clips if c.recording in broken]
     todo = [c for c in clips if c.recording not in broken]
-    jobs = [
-        ChunkJob(
-            params.recordings / name,
-            group[k : k + CHUNK_CLIPS],
-            params.fps,
-            params.size,
-            params.audio_rate,
-        )
-        for name in names
-        if (group := [c for c in todo if c.recording == name])
-        for k in range(0, len(group), CHUNK_CLIPS)
-    ]
     max_frames = max((clip_frame_count(c.duration, params.fps) for c in todo), default=1)
     max_samples = max((round(c.duration * params.audio_rate) for c in todo), default=1)
     sample_schema = schema(params, max_frames, max_samples)
     workers = worker_count(params.workers)
-    started = time.perf_counter()
-    per_label = dict.fromkeys(params.labels, 0)
-    sheet: dict[str, np.ndarray] = {}
-    frames_total = samples_total = 0
-    done_recordings: set[str] = set()
+    # Shards of equal size, fixed by the clip count alone: the bytes do not depend on workers.
+    parts = np.array_split(np.arange(len(todo)), max(math.ceil(len(todo) / params.shard_rows), 1))
+    total = ShardResult(per_label=dict.fromkeys(params.labels, 0))
     with atomic_dir(out) as tmp:
-        writer = dataset.ShardWriter(
-            tmp,
-            sample_schema,
-            shard_rows=params.shard_rows,
-            compression_level=params.compression_level,
-        )
-        results = ordered_map(read_chunk, jobs, workers)
-        for result in progress(results, desc="clip chunks", total=len(jobs), unit="chunk"):
-            if result.error is not None:
-                where, problem = result.error
-                if params.on_bad_recording == "fail":
-                    raise StageError(where, problem)
-                failures += [_failure(c, f"{where}: {problem}") for c in result.clips]
-                continue
-            writer.write(_columns(result, params, max_frames, max_samples))
-            for clip, frames in zip(result.clips, result.frames, strict=True):
-                per_label[clip.label] += 1
-                sheet.setdefault(clip.label, frames)
-                done_recordings.add(clip.recording)
-            frames_total += sum(len(f) for f in result.frames)
-            samples_total += sum(len(a) for a in result.audio)
-        writer.close()
+        jobs = [
+            ShardJob(
+                tmp / dataset.SHARD_PATTERN.format(k),
+                [todo[i] for i in part],
+                params.recordings,
+                sample_schema,
+                params,
+            )
+            for k, part in enumerate(parts)
+        ]
+        results = run_jobs(write_shard, jobs, workers)
+        try:
+            for result in progress(results, desc="clip shards", total=len(jobs), unit="shard"):
+                if result.error is not None:
+                    raise StageError(*result.error)
+                _merge(total, result)
+        finally:
+            results.close()  # on failure, stop the workers before the temporary output goes
+    failures += total.failures
     seconds = time.perf_counter() - started
-    recording_seconds = sum(infos[n].duration for n in done_recordings)
-    clip_seconds = samples_total / params.audio_rate
+    recording_seconds = sum(infos[n].duration for n in total.recordings)
+    clip_seconds = total.samples / params.audio_rate
     stats = {
-        "clips": int(sum(per_label.values())),
-        "clips_per_label": per_label,
-        "frames": frames_total,
+        "clips": total.rows,
+        "clips_per_label": total.per_label,
+        "frames": total.frames,
         "audio_seconds": round(clip_seconds, 3),
         "failures": len(failures),
         "failed_recordings": sorted({f["recording"] for f in failures}),
-        "recordings": len(done_recordings),
+        "recordings": len(total.recordings),
         "recording_seconds": round(recording_seconds, 3),
         "fps": params.fps,
         "frame_size": [params.size, params.size],
         "audio_rate": params.audio_rate,
-        "shards": writer.shards,
-        "bytes": writer.bytes,
+        "shards": len(jobs),
+        "bytes": total.bytes,
         "seconds": round(seconds, 3),
         "recording_seconds_per_second": round(recording_seconds / seconds, 1),
         "clip_seconds_per_second": round(clip_seconds / seconds, 1),
@@ -399,7 +432,20 @@ def build(params: Params, out: Path) -> Outcome:
         "device": "cpu",
         "events": {"path": str(params.events), "sha256": file_digest(params.events)},
     }
-    return Outcome(stats, sorted(failures, key=lambda f: f["row"]), sheet)
+    return Outcome(stats, sorted(failures, key=lambda f: f["row"]), total.sheet)
+
+
+def _merge(total: ShardResult, part: ShardResult) -> None:
+    total.rows += part.rows
+    total.bytes += part.bytes
+    total.frames += part.frames
+    total.samples += part.samples
+    for label, count in part.per_label.items():
+        total.per_label[label] += count
+    total.recordings |= part.recordings
+    for label, frames in part.sheet.items():
+        total.sheet.setdefault(label, frames)  # shards arrive in order: keeps the first clip
+    total.failures += part.failures
 
 
 def _failure(clip: ClipSpec, error: str) -> dict:
@@ -410,23 +456,6 @@ def _failure(clip: ClipSpec, error: str) -> dict:
         "start": round(clip.start, 6),
         "end": round(clip.end, 6),
         "error": error,
-    }
-
-
-def _columns(result: ChunkResult, params: Params, max_frames: int, max_samples: int) -> dict:
-    clips = result.clips
-    return {
-        "clip_id": np.array([c.row for c in clips], np.int64),
-        "recording": [c.recording for c in clips],
-        "label": [c.label for c in clips],
-        "label_index": np.array([params.labels.index(c.label) for c in clips], np.int16),
-        "start": np.array([c.start for c in clips]),
-        "end": np.array([c.end for c in clips]),
-        "n_frames": np.array([len(f) for f in result.frames], np.int32),
-        "frames": padded(result.frames, max_frames),
-        "n_samples": np.array([len(a) for a in result.audio], np.int32),
-        "audio": padded(result.audio, max_samples),
-        "audio_rate": np.full(len(clips), params.audio_rate, np.int32),
     }
 
 

@@ -54,8 +54,9 @@ GOOD_ROWS = [
 @pytest.fixture(scope="module")
 def built(corpus, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("built")
-    params = make_params(corpus, write_events(tmp / "events.csv", GOOD_ROWS))
+    params = make_params(corpus, write_events(tmp / "events.csv", GOOD_ROWS), shard_rows=2)
     outcome = gc.build(params, tmp / "clips")
+    assert outcome.stats["shards"] == 2
     return outcome, dataset.read_arrays(tmp / "clips"), tmp / "clips"
 
 
@@ -119,7 +120,8 @@ def test_audio_is_the_same_span_clicks_included(built):
 
 def test_same_input_gives_the_same_bytes_with_any_worker_count(built, corpus, tmp_path):
     _, _, first = built
-    params = make_params(corpus, write_events(tmp_path / "events.csv", GOOD_ROWS), workers=2)
+    events = write_events(tmp_path / "events.csv", GOOD_ROWS)
+    params = make_params(corpus, events, workers=2, shard_rows=2)
     gc.build(params, tmp_path / "clips")
     old, new = sorted(first.iterdir()), sorted((tmp_path / "clips").iterdir())
     assert [p.name for p in old] == [p.name for p in new]
