@@ -40,7 +40,14 @@ from stages.common.cli import run_stage
 from stages.common.errors import StageError
 from stages.common.hashing import file_digest
 from stages.common.images import save_grid
-from stages.common.media import AudioReader, FrameReader, MediaInfo, probe, sample_times
+from stages.common.media import (
+    AudioReader,
+    FrameReader,
+    MediaInfo,
+    probe,
+    require_audio,
+    sample_times,
+)
 from stages.common.progress import progress
 from stages.common.workers import worker_count
 
@@ -341,8 +348,7 @@ def probe_all(names: Iterable[str], params: Params) -> tuple[dict[str, MediaInfo
     for name in names:
         try:
             info = probe(params.recordings / name)
-            if info.audio is None:
-                raise StageError(info.path, "no audio track")
+            require_audio(info)
             infos[name] = info
         except StageError as exc:
             if params.on_bad_recording == "fail":

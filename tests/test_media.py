@@ -23,7 +23,11 @@ from stages.common.media import AudioReader, FrameReader, probe, sample_times, w
 CLICKS = (1.5, 3.25)
 
 
-@pytest.fixture(scope="module", params=[(60, (256, 240), "mp4"), (25, (320, 180), "mkv")])
+@pytest.fixture(
+    scope="module",
+    params=[(60, (256, 240), "mp4"), (25, (320, 180), "mkv"), (30, (160, 96), "webm")],
+    ids=["h264-aac-mp4", "h264-aac-mkv", "vp9-opus-webm"],
+)
 def recording(request, tmp_path_factory):
     fps, size, ext = request.param
     path = tmp_path_factory.mktemp("media") / f"rec.{ext}"
@@ -40,6 +44,7 @@ def test_probe_describes_the_recording(recording):
     assert info.duration == pytest.approx(4.0, abs=0.03)
     assert info.audio is not None
     assert (info.audio.rate, info.audio.channels) == (48000, 2)
+    assert info.audio.codec == ("opus" if path.suffix == ".webm" else "aac")
 
 
 def test_frames_at_shows_the_frame_on_screen_at_each_time(recording):
@@ -126,6 +131,13 @@ def test_recording_without_audio(tmp_path):
     assert probe(silent).audio is None
     with pytest.raises(StageError, match="no audio track"):
         AudioReader(silent)
+
+
+def test_mpeg_ts_is_refused_with_advice(tmp_path):
+    """decord seeks to wrong frames in MPEG-TS: refuse it rather than cut wrong clips."""
+    ts = write_pattern(tmp_path / "capture.ts", 2.0, 30, (64, 48))
+    with pytest.raises(StageError, match="MPEG-TS is not supported: remux"):
+        probe(ts)
 
 
 def test_not_a_video(tmp_path):

@@ -4,12 +4,14 @@ Frames come through decord (frame-accurate seeking, decode and resize in C); aud
 PyAV, because decord's audio reader is unmaintained and returns NaNs on stereo input. Both are
 hidden here so that swapping a backend touches one file.
 
-Everything is addressed by time in seconds on the recording's presentation timeline (edit lists and
-AAC priming already applied by FFmpeg), so frames and audio of the same span line up. Readers seek:
-memory depends on the span read, never on the length of the recording.
+Everything is addressed by time in seconds on the recording's timeline: 0 is the first video frame
+(as in decord, and as players show it), whatever offset the container gives its streams (MPEG-TS
+starts at an arbitrary clock); edit lists and AAC priming are applied by FFmpeg. So frames and
+audio of the same span line up. Readers seek: memory depends on the span read, never on the
+length of the recording.
 
-`write_media` encodes H.264 + AAC in MP4 with settings that make the bytes a pure function of the
-input (single-threaded x264, no timestamps in the container), for synthetic stand-ins and tests.
+`write_media` encodes H.264 + AAC with settings that make the bytes a pure function of the input
+(single-threaded x264, FFmpeg's bitexact mode), for synthetic stand-ins and tests.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from stages.common.errors import StageError
 # Frames whose presentation starts within this many seconds after a requested time count as shown
 # at that time: absorbs float rounding of timestamps (decord reports them as float32).
 TIME_EPS = 1e-4
-# Audio is decoded from this long before a span: AAC frames need their predecessor to decode
-# cleanly after a seek, and the resampler needs context at the span's edges.
-AUDIO_MARGIN = 0.1
+# Audio is decoded from this long before a span: decoders converge only after a seek plus some
+# pre-roll (AAC: one frame; Opus: 80 ms and more after a cold start), and the resampler needs
+# context at the span's edges.
+AUDIO_MARGIN = 0.2
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,15 @@ def probe(path: str | Path) -> MediaInfo:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise StageError(path, "no video stream")
+            if container.format.name == "mpegts":
+                # decord seeks to wrong frames in MPEG-TS (its streams have no sample index).
+                raise StageError(
+                    path, "MPEG-TS is not supported: remux it first (ffmpeg -i IN -c copy OUT.mkv)"
+                )
             vs = container.streams.video[0]
             aus = container.streams.audio[0] if container.streams.audio else None
             claimed = _claimed_end(container)
-            ends = _demux_ends(container)
+            ends = _demux_ends(container, _origin(vs))
             _decode_first(container, vs, aus, path)
             info_video = VideoInfo(
                 fps=float(vs.average_rate or vs.guessed_rate or 0),
@@ -91,7 +99,7 @@ def probe(path: str | Path) -> MediaInfo:
                 )
     except StageError:
         raise
-    except (av.FFmpegError, OSError, StopIteration) as exc:
+    except (av.FFmpegError, OSError) as exc:
         raise StageError(path, f"cannot be decoded ({exc})") from None
     if info_video.frames == 0 or info_video.fps <= 0:
         raise StageError(path, "video stream has no frames")
@@ -107,15 +115,21 @@ def _claimed_end(container: av.container.InputContainer) -> float | None:
     return None if container.duration is None else container.duration / av.time_base
 
 
-def _demux_ends(container: av.container.InputContainer) -> dict:
+def _origin(video: av.video.stream.VideoStream) -> float:
+    """Container time of the first video frame: time 0 of the recording's timeline."""
+    return 0.0 if video.start_time is None else float(video.start_time * video.time_base)
+
+
+def _demux_ends(container: av.container.InputContainer, origin: float) -> dict:
     """End time of each stream's last packet and the video packet count, from packet headers."""
     ends: dict = {"video": 0.0, "frames": 0}
     streams = [container.streams.video[0], *container.streams.audio[:1]]
+    seconds = {s.index: float(s.time_base) for s in streams}  # floats: Fractions are slow
     for packet in container.demux(streams):
         if packet.pts is None or packet.size == 0:
             continue
         kind = packet.stream.type
-        end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+        end = (packet.pts + (packet.duration or 0)) * seconds[packet.stream_index] - origin
         ends[kind] = max(ends.get(kind, 0.0), end)
         if kind == "video":
             ends["frames"] += 1
@@ -123,7 +137,6 @@ def _demux_ends(container: av.container.InputContainer) -> dict:
 
 
 def _decode_first(container: av.container.InputContainer, vs, aus, path: Path) -> None:
-    container.seek(0)
     for stream in (vs, aus):
         if stream is None:
             continue
@@ -135,6 +148,7 @@ def _decode_first(container: av.container.InputContainer, vs, aus, path: Path) -
 
 
 def require_audio(info: MediaInfo) -> AudioInfo:
+    """The audio of a probed recording, or a `StageError` naming it."""
     if info.audio is None:
         raise StageError(info.path, "no audio track")
     return info.audio
@@ -186,6 +200,7 @@ class AudioReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._container: av.container.InputContainer | None = None
+        self._grid: int | None = None
         self._open()
         self.rate = self._stream.codec_context.sample_rate
 
@@ -199,6 +214,8 @@ class AudioReader:
             self.close()
             raise StageError(self.path, "no audio track")
         self._stream = self._container.streams.audio[0]
+        video = self._container.streams.video
+        self._origin = _origin(video[0]) if video else 0.0
 
     def read(self, start: float, end: float, rate: int) -> np.ndarray:
         """float32 mono samples of [start, end) at `rate`: exactly round((end - start) * rate).
@@ -207,7 +224,8 @@ class AudioReader:
         g = round(start * rate)), so clips agree with resampling the whole track at once.
         """
         count = round((end - start) * rate)
-        source, first_index = self._decode(max(0.0, start - AUDIO_MARGIN), end + AUDIO_MARGIN)
+        first = max(0.0, start - AUDIO_MARGIN) + self._origin
+        source, first_index = self._decode(first, end + AUDIO_MARGIN + self._origin)
         mono = source.mean(axis=0) if source.shape[0] > 1 else source[0]
         # Start resampling at a source sample that falls on the output grid, so that the
         # resampled block's sample 0 is grid sample `grid0` exactly (no fractional shift).
@@ -222,12 +240,13 @@ class AudioReader:
         out[max(-offset, 0) : max(-offset, 0) + len(take)] = take
         return out
 
-    def _decode(self, start: float, end: float) -> tuple[np.ndarray, float]:
-        """Planar float samples (channels, n) covering [start, end], and the first one's index."""
+    def _decode(self, start: float, end: float) -> tuple[np.ndarray, int]:
+        """Planar float samples (channels, n) covering [start, end] in container time, and the
+        first one's index on the recording's timeline at the source rate."""
         tb = self._stream.time_base
         seconds = float(tb)  # float arithmetic: Fraction timestamps cost more than decoding
         try:
-            if start > 0:
+            if start > self._origin:
                 self._container.seek(int(start / tb), stream=self._stream, backward=True)
             else:
                 # After a seek the AAC decoder restarts without the priming frame's overlap, so
@@ -247,16 +266,29 @@ class AudioReader:
             raise StageError(self.path, f"audio cannot be decoded ({exc})") from None
         if not chunks:
             raise StageError(self.path, f"no audio at {start:.3f} s")
-        first = round(first_time * self.rate)
+        first = round((first_time - self._origin) * self.rate)
         if seconds * self.rate > 1:
-            # Timestamps coarser than a sample (Matroska: 1 ms) only locate a frame to within a
-            # tick. Codecs with fixed frame sizes (AAC 1024, MP3 1152) put frames on a grid of
-            # that size: snap to it, which recovers the exact sample position.
-            size = chunks[0].shape[1]
-            snapped = round(first / size) * size
-            if abs(snapped - first) <= seconds * self.rate:
-                first = snapped
+            # Timestamps coarser than a sample (Matroska, WebM: 1 ms) only locate a frame to
+            # within a tick. Codec frames have a fixed size (AAC 1024, Opus 960) and end on a grid
+            # that starts where the stream's first frame ends (that one is short by the codec's
+            # priming, and so can be the first after a seek): snapping the end of the first
+            # decoded frame to that grid recovers the exact sample position.
+            size = max(chunk.shape[1] for chunk in chunks[:3])
+            grid, end = self._grid_start(), first + chunks[0].shape[1]
+            snapped = grid + round((end - grid) / size) * size
+            if abs(snapped - end) <= seconds * self.rate:
+                first = snapped - chunks[0].shape[1]
         return np.concatenate(chunks, axis=1), first
+
+    def _grid_start(self) -> int:
+        """Timeline sample index (source rate) at which the stream's first frame ends."""
+        if self._grid is None:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.audio[0]
+                frame = next(container.decode(stream))
+                end = frame.pts * float(stream.time_base) - self._origin
+                self._grid = round(end * self.rate) + frame.samples
+        return self._grid
 
     def close(self) -> None:
         if self._container is not None:
@@ -301,20 +333,27 @@ def write_media(
 ) -> None:
     """Encode RGB frames (h, w, 3) uint8 and optional float audio (channels, n) in [-1, 1].
 
-    H.264 (libx264, yuv420p) + AAC, in the container the suffix names (.mp4, .mkv, .mov).
-    Deterministic: one x264 thread and FFmpeg's bitexact mode (no version strings, no random
-    Matroska UIDs), so the same input gives the same bytes. `gop` is the key-frame interval in
-    frames (default 1 s), which bounds the decoding a seek costs. Frames are consumed one at a time.
+    The container follows the suffix: H.264 (libx264) + AAC in .mp4, .mkv, .mov; VP9 + Opus in
+    .webm. Deterministic: one encoder thread and FFmpeg's bitexact mode (no version strings, no
+    random Matroska UIDs), so the same input gives the same bytes. `gop` is the key-frame interval
+    in frames (default 1 s), which bounds the decoding a seek costs. Frames are consumed one at a
+    time; `crf` and `preset` tune x264 only.
     """
-    options = {"crf": str(crf), "preset": preset, "threads": "1", "g": str(gop or fps)}
+    webm = Path(path).suffix.lower() == ".webm"
+    if webm:
+        codecs = ("libvpx-vp9", "libopus")
+        options = {"deadline": "realtime", "cpu-used": "8", "threads": "1", "g": str(gop or fps)}
+    else:
+        codecs = ("libx264", "aac")
+        options = {"crf": str(crf), "preset": preset, "threads": "1", "g": str(gop or fps)}
     with av.open(str(path), "w", container_options={"fflags": "+bitexact"}) as container:
-        video = container.add_stream("libx264", rate=fps, options=options)
+        video = container.add_stream(codecs[0], rate=fps, options=options)
         video.pix_fmt = "yuv420p"
         sound = None
         if audio is not None:
             audio = np.asarray(audio, np.float32)
             layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
-            sound = container.add_stream("aac", rate=audio_rate, layout=layout)
+            sound = container.add_stream(codecs[1], rate=audio_rate, layout=layout)
         encoded = 0  # audio samples sent so far: audio is fed alongside video to interleave
         for i, image in enumerate(frames):
             if i == 0:
@@ -328,11 +367,10 @@ def write_media(
             container.mux(sound.encode())
 
 
-def _encode_audio(
-    container, stream, audio: np.ndarray, rate: int, done: int, until: float, block: int = 1024
-) -> int:
-    """Encode whole `block`s of audio up to time `until` (all that is left at the end)."""
+def _encode_audio(container, stream, audio: np.ndarray, rate: int, done: int, until: float) -> int:
+    """Encode whole codec frames of audio up to time `until` (all that is left at the end)."""
     layout = stream.codec_context.layout.name
+    block = stream.codec_context.frame_size or 1024  # AAC 1024, Opus 960
     stop = min(audio.shape[1], done + max(int(until * rate) - done, 0) // block * block)
     if until * rate >= audio.shape[1]:
         stop = audio.shape[1]
