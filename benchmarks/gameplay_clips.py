@@ -91,7 +91,7 @@ def reference(recordings: Path) -> dict | None:
     if shutil.which("ffmpeg") is None:
         return None
     params = clip_params(recordings, 1)
-    specs = gc.parse_rows(gc.read_events(params.events), params, recordings)
+    specs = gc.parse_rows(gc.read_events(params.events), params)
     clips = [s for s in specs if isinstance(s, gc.ClipSpec)]
     size, rate = params.size, params.audio_rate
     started, cpu = time.perf_counter(), _cpu()

@@ -120,16 +120,17 @@ def _number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def parse_rows(table: pd.DataFrame, params: Params, recordings: Path) -> list[ClipSpec | str]:
+def parse_rows(table: pd.DataFrame, params: Params) -> list[ClipSpec | str]:
     """One ClipSpec per row, or the row's problem as a string; a missing column raises.
 
     Checks what the table alone decides: names, labels, windows and durations, and that the named
     recording exists. Whether a window fits its recording needs the recording (`check_windows`).
     """
-    columns = set(table.columns)
+    columns, recordings = set(table.columns), params.recordings
     need = {"recording", "label"}
     if not ({"time"} <= columns or {"start", "end"} <= columns):
-        need |= {"time"} if "start" not in columns and "end" not in columns else {"start", "end"}
+        # Name what is closest to complete: a lone start (or end) wants its partner.
+        need |= {"start", "end"} if columns & {"start", "end"} else {"time"}
     missing = sorted(need - columns)
     if missing:
         raise StageError(
@@ -206,7 +207,6 @@ class ShardJob:
 
     path: Path
     clips: list[ClipSpec]
-    recordings: Path
     schema: dataset.SampleSchema
     params: Params
 
@@ -237,8 +237,8 @@ def write_shard(job: ShardJob) -> ShardResult:
     for name, group in groupby(job.clips, key=lambda c: c.recording):
         clips, read = list(group), set()
         try:
-            frames = FrameReader(job.recordings / name, (p.size, p.size))
-            with AudioReader(job.recordings / name) as audio:
+            frames = FrameReader(p.recordings / name, (p.size, p.size))
+            with AudioReader(p.recordings / name) as audio:
                 for clip in clips:
                     times = sample_times(clip.start, clip_frame_count(clip.duration, p.fps), p.fps)
                     sound = audio.read(clip.start, clip.end, p.audio_rate)
@@ -326,6 +326,7 @@ def schema(params: Params, max_frames: int, max_samples: int) -> dataset.SampleS
 
 
 def padded(arrays: list[np.ndarray], length: int) -> np.ndarray:
+    """Stack arrays of equal trailing shape along a new axis, zero-padding axis 1 to `length`."""
     out = np.zeros((len(arrays), length, *arrays[0].shape[1:]), arrays[0].dtype)
     for k, a in enumerate(arrays):
         out[k, : len(a)] = a
@@ -376,7 +377,7 @@ def build(params: Params, out: Path) -> Outcome:
     started = time.perf_counter()  # the rate in the metrics includes validating and probing
     validate_params(params)
     table = read_events(params.events)
-    specs = parse_rows(table, params, params.recordings)
+    specs = parse_rows(table, params)
     raise_bad_rows(specs, params.events)
     names = sorted({s.recording for s in specs if isinstance(s, ClipSpec)})
     infos, broken = probe_all(names, params)
@@ -399,7 +400,6 @@ def build(params: Params, out: Path) -> Outcome:
             ShardJob(
                 tmp / dataset.SHARD_PATTERN.format(k),
                 [todo[i] for i in part],
-                params.recordings,
                 sample_schema,
                 params,
             )
