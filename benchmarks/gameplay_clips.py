@@ -161,7 +161,7 @@ def main() -> None:
     print(row("gameplay_clips, 1 worker", run_stage_child(recordings, 1), ref))
     print(
         row(
-            f"gameplay_clips, workers={workers} (0=per core)",
+            f"gameplay_clips, {workers} workers",
             run_stage_child(recordings, workers),
             ref,
         )
