@@ -65,6 +65,21 @@ def write_pattern(
     return path
 
 
+def write_audio_only(path: Path, seconds: float = 2.0, rate: int = 48000) -> Path:
+    """An MP4 with an AAC track and no video stream."""
+    audio = pattern_audio(seconds, rate, [])
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate, layout="stereo")
+        for lo in range(0, audio.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(audio[:, lo : lo + 1024]), format="fltp", layout="stereo"
+            )
+            frame.rate, frame.pts = rate, lo
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
 def truncate(source: Path, target: Path, keep: float = 0.5) -> Path:
     data = source.read_bytes()
     target.write_bytes(data[: int(len(data) * keep)])

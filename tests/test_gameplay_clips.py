@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from media_samples import frame_index, pyav_frames, truncate, write_pattern
+from media_samples import frame_index, pyav_frames, truncate, write_audio_only, write_pattern
 
 from stages import gameplay_clips as gc
 from stages.common import dataset
@@ -25,12 +25,13 @@ SOURCES = {"rec-a.mp4": 60, "rec-b.mkv": 25}  # fps of each good recording
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """Two good recordings in different containers, rates and sizes, and two broken ones."""
+    """Two good recordings in different containers, rates and sizes, and three broken ones."""
     root = tmp_path_factory.mktemp("corpus")
     a = write_pattern(root / "rec-a.mp4", 12.0, 60, (256, 240), clicks=(3.0, 7.5))
     write_pattern(root / "rec-b.mkv", 10.0, 25, (320, 180), clicks=(5.0,))
     truncate(a, root / "cut.mp4")
     write_pattern(root / "silent.mp4", 6.0, 30, (64, 48), audio=False)
+    write_audio_only(root / "sound-only.mp4", 6.0)
     return root
 
 
@@ -176,7 +177,12 @@ def test_missing_column_is_named(corpus, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "problem"), [("cut.mp4", "cannot be decoded"), ("silent.mp4", "no audio track")]
+    ("name", "problem"),
+    [
+        ("cut.mp4", "cannot be decoded"),
+        ("silent.mp4", "no audio track"),
+        ("sound-only.mp4", "no video stream"),
+    ],
 )
 def test_broken_recording_stops_the_stage_naming_the_file(corpus, tmp_path, name, problem):
     rows = [GOOD_ROWS[0], {"recording": name, "time": 2.0, "label": "death"}]
