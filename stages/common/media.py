@@ -1,0 +1,383 @@
+"""The project's media reader and writer: probe a recording, read frames and audio by time.
+
+Frames come through decord (frame-accurate seeking, decode and resize in C); audio comes through
+PyAV, because decord's audio reader is unmaintained and returns NaNs on stereo input. Both are
+hidden here so that swapping a backend touches one file.
+
+Everything is addressed by time in seconds on the recording's timeline: 0 is the first video frame
+(as in decord, and as players show it), whatever offset the container gives its streams (MPEG-TS
+starts at an arbitrary clock); edit lists and AAC priming are applied by FFmpeg. So frames and
+audio of the same span line up. Readers seek: memory depends on the span read, never on the
+length of the recording.
+
+`write_media` encodes H.264 + AAC with settings that make the bytes a pure function of the input
+(single-threaded x264, FFmpeg's bitexact mode), for synthetic stand-ins and tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import soxr
+
+from stages.common.errors import StageError
+
+# Frames whose presentation starts within this many seconds after a requested time count as shown
+# at that time: absorbs float rounding of timestamps (decord reports them as float32).
+TIME_EPS = 1e-4
+# Audio is decoded from this long before a span: decoders converge only after a seek plus some
+# pre-roll (AAC: one frame; Opus: 80 ms and more after a cold start), and the resampler needs
+# context at the span's edges.
+AUDIO_MARGIN = 0.2
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: float  # average frame rate
+    width: int
+    height: int
+    frames: int  # frames found by demuxing (not the header's claim)
+    codec: str
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    rate: int
+    channels: int
+    codec: str
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    path: Path
+    duration: float  # seconds both streams cover (the shorter of video and audio)
+    video: VideoInfo
+    audio: AudioInfo | None
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Describe a recording, checking that it really decodes and is not truncated.
+
+    Reads every packet header (no decoding) to find where each stream's data ends, and decodes the
+    first frame of each stream. Any problem is a `StageError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(path, "recording not found")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise StageError(path, "no video stream")
+            if container.format.name == "mpegts":
+                # decord seeks to wrong frames in MPEG-TS (its streams have no sample index).
+                raise StageError(
+                    path, "MPEG-TS is not supported: remux it first (ffmpeg -i IN -c copy OUT.mkv)"
+                )
+            vs = container.streams.video[0]
+            aus = container.streams.audio[0] if container.streams.audio else None
+            claimed = _claimed_end(container)
+            ends = _demux_ends(container, _origin(vs))
+            _decode_first(container, vs, aus, path)
+            info_video = VideoInfo(
+                fps=float(vs.average_rate or vs.guessed_rate or 0),
+                width=vs.codec_context.width,
+                height=vs.codec_context.height,
+                frames=ends.get("frames", 0),
+                codec=vs.codec_context.name,
+            )
+            info_audio = None
+            if aus is not None:
+                info_audio = AudioInfo(
+                    rate=aus.codec_context.sample_rate,
+                    channels=aus.codec_context.channels,
+                    codec=aus.codec_context.name,
+                )
+    except StageError:
+        raise
+    except (av.FFmpegError, OSError) as exc:
+        raise StageError(path, f"cannot be decoded ({exc})") from None
+    if info_video.frames == 0 or info_video.fps <= 0:
+        raise StageError(path, "video stream has no frames")
+    duration = ends["video"] if aus is None else min(ends["video"], ends.get("audio", 0.0))
+    if claimed is not None and duration < claimed - 0.5:
+        raise StageError(
+            path, f"truncated: data ends at {duration:.2f} s, the header says {claimed:.2f} s"
+        )
+    return MediaInfo(path, duration, info_video, info_audio)
+
+
+def _claimed_end(container: av.container.InputContainer) -> float | None:
+    return None if container.duration is None else container.duration / av.time_base
+
+
+def _origin(video: av.video.stream.VideoStream) -> float:
+    """Container time of the first video frame: time 0 of the recording's timeline."""
+    return 0.0 if video.start_time is None else float(video.start_time * video.time_base)
+
+
+def _demux_ends(container: av.container.InputContainer, origin: float) -> dict:
+    """End time of each stream's last packet and the video packet count, from packet headers."""
+    ends: dict = {"video": 0.0, "frames": 0}
+    streams = [container.streams.video[0], *container.streams.audio[:1]]
+    seconds = {s.index: float(s.time_base) for s in streams}  # floats: Fractions are slow
+    for packet in container.demux(streams):
+        if packet.pts is None or packet.size == 0:
+            continue
+        kind = packet.stream.type
+        end = (packet.pts + (packet.duration or 0)) * seconds[packet.stream_index] - origin
+        ends[kind] = max(ends.get(kind, 0.0), end)
+        if kind == "video":
+            ends["frames"] += 1
+    return ends
+
+
+def _decode_first(container: av.container.InputContainer, vs, aus, path: Path) -> None:
+    for stream in (vs, aus):
+        if stream is None:
+            continue
+        container.seek(0)
+        for _ in container.decode(stream):
+            break
+        else:
+            raise StageError(path, f"{stream.type} stream decodes to nothing")
+
+
+def require_audio(info: MediaInfo) -> AudioInfo:
+    """The audio of a probed recording, or a `StageError` naming it."""
+    if info.audio is None:
+        raise StageError(info.path, "no audio track")
+    return info.audio
+
+
+def sample_times(start: float, count: int, fps: float) -> np.ndarray:
+    """The `count` instants start, start + 1/fps, ... at which a resampled clip shows a frame."""
+    return start + np.arange(count, dtype=np.float64) / fps
+
+
+class FrameReader:
+    """Frames of one recording by time, decoded and resized by decord.
+
+    Opening reads the recording's packet index once (cheap next to decoding); `frames_at` seeks to
+    the key frame before the first requested time and decodes forward, so reading a clip costs the
+    clip (plus at most one GOP), whatever the recording's length.
+    """
+
+    def __init__(self, path: str | Path, size: tuple[int, int] | None = None, threads: int = 1):
+        import decord
+
+        self.path = Path(path)
+        width, height = size if size is not None else (-1, -1)
+        try:
+            self._reader = decord.VideoReader(
+                str(self.path), width=width, height=height, num_threads=threads
+            )
+            self.starts = self._reader.get_frame_timestamp(np.arange(len(self._reader)))[:, 0]
+        except Exception as exc:  # decord raises its own DECORDError / RuntimeError
+            raise StageError(self.path, f"cannot be decoded ({_first_line(exc)})") from None
+        self.starts = self.starts.astype(np.float64)
+
+    def indices_at(self, times: np.ndarray) -> np.ndarray:
+        """Index of the frame on screen at each time: the last one starting at or before it."""
+        index = np.searchsorted(self.starts, np.asarray(times) + TIME_EPS, side="right") - 1
+        return np.clip(index, 0, len(self.starts) - 1)
+
+    def frames_at(self, times: np.ndarray) -> np.ndarray:
+        """RGB frames (n, h, w, 3) uint8 shown at `times` (seconds, ascending)."""
+        try:
+            return self._reader.get_batch(self.indices_at(times).tolist()).asnumpy()
+        except Exception as exc:
+            raise StageError(self.path, f"cannot be decoded ({_first_line(exc)})") from None
+
+
+class AudioReader:
+    """Mono audio of one recording by time span, resampled; PyAV decodes, soxr resamples."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._container: av.container.InputContainer | None = None
+        self._grid: int | None = None
+        self._open()
+        self.rate = self._stream.codec_context.sample_rate
+
+    def _open(self) -> None:
+        self.close()
+        try:
+            self._container = av.open(str(self.path))
+        except (av.FFmpegError, OSError) as exc:
+            raise StageError(self.path, f"cannot be decoded ({exc})") from None
+        if not self._container.streams.audio:
+            self.close()
+            raise StageError(self.path, "no audio track")
+        self._stream = self._container.streams.audio[0]
+        video = self._container.streams.video
+        self._origin = _origin(video[0]) if video else 0.0
+
+    def read(self, start: float, end: float, rate: int) -> np.ndarray:
+        """float32 mono samples of [start, end) at `rate`: exactly round((end - start) * rate).
+
+        Samples lie on the recording's own grid at `rate` (sample g at g / rate, from
+        g = round(start * rate)), so clips agree with resampling the whole track at once.
+        """
+        count = round((end - start) * rate)
+        first = max(0.0, start - AUDIO_MARGIN) + self._origin
+        source, first_index = self._decode(first, end + AUDIO_MARGIN + self._origin)
+        mono = source.mean(axis=0) if source.shape[0] > 1 else source[0]
+        # Start resampling at a source sample that falls on the output grid, so that the
+        # resampled block's sample 0 is grid sample `grid0` exactly (no fractional shift).
+        step = self.rate // math.gcd(self.rate, rate)
+        trim = -first_index % step
+        grid0 = (first_index + trim) * rate // self.rate
+        resampled = soxr.resample(mono[trim:], self.rate, rate, quality="HQ")
+        offset = round(start * rate) - grid0
+        out = np.zeros(count, np.float32)
+        # A span can start before the first decoded sample (only near time 0): that is silence.
+        take = resampled[max(offset, 0) : max(offset, 0) + count - max(-offset, 0)]
+        out[max(-offset, 0) : max(-offset, 0) + len(take)] = take
+        return out
+
+    def _decode(self, start: float, end: float) -> tuple[np.ndarray, int]:
+        """Planar float samples (channels, n) covering [start, end] in container time, and the
+        first one's index on the recording's timeline at the source rate."""
+        tb = self._stream.time_base
+        seconds = float(tb)  # float arithmetic: Fraction timestamps cost more than decoding
+        try:
+            if start > self._origin:
+                self._container.seek(int(start / tb), stream=self._stream, backward=True)
+            else:
+                # After a seek the AAC decoder restarts without the priming frame's overlap, so
+                # its first ~600 samples differ; from time 0, decode as a fresh reader does.
+                self._open()
+            chunks, first_time = [], None
+            for frame in self._container.decode(self._stream):
+                if frame.pts is None:
+                    continue
+                at = frame.pts * seconds
+                if first_time is None:
+                    first_time = at
+                chunks.append(_planar_float(frame))
+                if at + frame.samples / self.rate >= end:
+                    break
+        except av.FFmpegError as exc:
+            raise StageError(self.path, f"audio cannot be decoded ({exc})") from None
+        if not chunks:
+            raise StageError(self.path, f"no audio at {start:.3f} s")
+        first = round((first_time - self._origin) * self.rate)
+        if seconds * self.rate > 1:
+            # Timestamps coarser than a sample (Matroska, WebM: 1 ms) only locate a frame to
+            # within a tick. Codec frames have a fixed size (AAC 1024, Opus 960) and end on a grid
+            # that starts where the stream's first frame ends (that one is short by the codec's
+            # priming, and so can be the first after a seek): snapping the end of the first
+            # decoded frame to that grid recovers the exact sample position.
+            size = max(chunk.shape[1] for chunk in chunks[:3])
+            grid, end = self._grid_start(), first + chunks[0].shape[1]
+            snapped = grid + round((end - grid) / size) * size
+            if abs(snapped - end) <= seconds * self.rate:
+                first = snapped - chunks[0].shape[1]
+        return np.concatenate(chunks, axis=1), first
+
+    def _grid_start(self) -> int:
+        """Timeline sample index (source rate) at which the stream's first frame ends."""
+        if self._grid is None:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.audio[0]
+                frame = next(container.decode(stream))
+                end = frame.pts * float(stream.time_base) - self._origin
+                self._grid = round(end * self.rate) + frame.samples
+        return self._grid
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> AudioReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _planar_float(frame: av.AudioFrame) -> np.ndarray:
+    """(channels, samples) float32 whatever the decoder's sample format."""
+    if frame.format.name == "fltp":  # AAC, Opus, Vorbis: read the planes without copies
+        planes = [np.frombuffer(p, np.float32, frame.samples) for p in frame.planes]
+        return np.stack(planes)
+    data = frame.to_ndarray()
+    if not frame.format.is_planar:
+        data = data.reshape(-1, frame.layout.nb_channels).T
+    if data.dtype.kind == "i":
+        data = data.astype(np.float32) / np.iinfo(data.dtype).max
+    return data.astype(np.float32, copy=False)
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def write_media(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: int,
+    audio: np.ndarray | None = None,
+    audio_rate: int = 48000,
+    *,
+    crf: int = 20,
+    preset: str = "veryfast",
+    gop: int | None = None,
+) -> None:
+    """Encode RGB frames (h, w, 3) uint8 and optional float audio (channels, n) in [-1, 1].
+
+    The container follows the suffix: H.264 (libx264) + AAC in .mp4, .mkv, .mov; VP9 + Opus in
+    .webm. Deterministic: one encoder thread and FFmpeg's bitexact mode (no version strings, no
+    random Matroska UIDs), so the same input gives the same bytes. `gop` is the key-frame interval
+    in frames (default 1 s), which bounds the decoding a seek costs. Frames are consumed one at a
+    time; `crf` and `preset` tune x264 only.
+    """
+    webm = Path(path).suffix.lower() == ".webm"
+    if webm:
+        codecs = ("libvpx-vp9", "libopus")
+        options = {"deadline": "realtime", "cpu-used": "8", "threads": "1", "g": str(gop or fps)}
+    else:
+        codecs = ("libx264", "aac")
+        options = {"crf": str(crf), "preset": preset, "threads": "1", "g": str(gop or fps)}
+    with av.open(str(path), "w", container_options={"fflags": "+bitexact"}) as container:
+        video = container.add_stream(codecs[0], rate=fps, options=options)
+        video.pix_fmt = "yuv420p"
+        sound = None
+        if audio is not None:
+            audio = np.asarray(audio, np.float32)
+            layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
+            sound = container.add_stream(codecs[1], rate=audio_rate, layout=layout)
+        encoded = 0  # audio samples sent so far: audio is fed alongside video to interleave
+        for i, image in enumerate(frames):
+            if i == 0:
+                video.height, video.width = image.shape[:2]
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            if sound is not None:
+                encoded = _encode_audio(container, sound, audio, audio_rate, encoded, (i + 1) / fps)
+        container.mux(video.encode())
+        if sound is not None:
+            _encode_audio(container, sound, audio, audio_rate, encoded, audio.shape[1] / audio_rate)
+            container.mux(sound.encode())
+
+
+def _encode_audio(container, stream, audio: np.ndarray, rate: int, done: int, until: float) -> int:
+    """Encode whole codec frames of audio up to time `until` (all that is left at the end)."""
+    layout = stream.codec_context.layout.name
+    block = stream.codec_context.frame_size or 1024  # AAC 1024, Opus 960
+    stop = min(audio.shape[1], done + max(int(until * rate) - done, 0) // block * block)
+    if until * rate >= audio.shape[1]:
+        stop = audio.shape[1]
+    for lo in range(done, stop, block):
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(audio[:, lo : min(lo + block, stop)]), format="fltp", layout=layout
+        )
+        frame.rate, frame.pts = rate, lo
+        container.mux(stream.encode(frame))
+    return max(stop, done)

@@ -1,0 +1,509 @@
+"""Event clips from gameplay recordings: frames at 30 fps, 128x128 RGB, plus the same span of audio.
+
+Input: a directory of recordings (any container and codec FFmpeg reads, any fps and frame size, with
+an audio track) and an events table (CSV or Parquet) with columns `recording` (file name inside the
+directory), `label`, and per row either `time` (the event instant; the clip is the window
+`[time - window.before, time - window.before + window.duration]`) or `start` and `end` (seconds).
+
+Per event the stage reads the frames shown at start, start + 1/30 s, ... (by presentation timestamp,
+so any source rate is resampled without drift), resized to 128x128, and the audio of the same span
+as mono float32 at `audio_rate` (`stages/common/media.py`: frames by decord, audio by PyAV).
+Recordings are read by seeking, a few clips at a time, so memory does not grow with their length.
+
+Everything is checked before anything is written: the table (columns, labels, windows, recording
+names) with row numbers (1-based data rows; line N + 1 of a CSV), then every recording (decodable,
+not truncated, has audio). A broken recording stops the stage, or with `on_bad_recording: skip`
+its clips go to `reports/gameplay/failures.csv` and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from stages.common import dataset
+from stages.common.atomic import atomic_dir, atomic_file, write_json
+from stages.common.cli import run_stage
+from stages.common.errors import StageError
+from stages.common.hashing import file_digest
+from stages.common.images import save_grid
+from stages.common.media import (
+    AudioReader,
+    FrameReader,
+    MediaInfo,
+    probe,
+    require_audio,
+    sample_times,
+)
+from stages.common.progress import progress
+from stages.common.workers import worker_count
+
+log = logging.getLogger(__name__)
+
+OUT = Path("data/gameplay/clips")
+REPORTS = Path("reports/gameplay")
+ROW_GROUP_CLIPS = 4  # clips per Parquet row group: what a worker holds in memory
+SHEET_FRAMES = 6  # frames per label in the contact sheet
+MAX_LISTED = 5  # bad rows quoted in one error message
+
+
+@dataclass(frozen=True)
+class Window:
+    duration: float = 3.0  # s, for rows that give only an event time
+    before: float = 1.5  # s of the window before the event time
+    min_duration: float = 2.0  # every clip's duration must lie in [min, max]
+    max_duration: float = 4.0
+
+
+@dataclass(frozen=True)
+class Params:
+    recordings: Path
+    events: Path
+    window: Window = field(default_factory=Window)
+    labels: tuple[str, ...] = ("mushroom", "flower", "stomp", "death")
+    fps: int = 30
+    size: int = 128  # frames are resized (stretched) to size x size
+    audio_rate: int = 16000
+    on_bad_recording: Literal["fail", "skip"] = "fail"
+    workers: int = 0  # 0 = one per core
+    shard_rows: int = 24  # clips per Parquet shard (at most); one worker writes one shard
+    compression_level: int = 3
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    row: int  # 1-based data row of the events table; also the clip_id
+    recording: str
+    label: str
+    start: float
+    end: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+# --- the events table ----------------------------------------------------------------------------
+
+
+def read_events(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise StageError(path, "events table not found")
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path, dtype={"recording": str, "label": str})
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+    except (ValueError, OSError) as exc:
+        raise StageError(path, f"cannot read the events table ({exc})") from None
+    raise StageError(path, "events table must be .csv or .parquet")
+
+
+def _number(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parse_rows(table: pd.DataFrame, params: Params) -> list[ClipSpec | str]:
+    """One ClipSpec per row, or the row's problem as a string; a missing column raises.
+
+    Checks what the table alone decides: names, labels, windows and durations, and that the named
+    recording exists. Whether a window fits its recording needs the recording (`check_windows`).
+    """
+    columns, recordings = set(table.columns), params.recordings
+    need = {"recording", "label"}
+    if not ({"time"} <= columns or {"start", "end"} <= columns):
+        # Name what is closest to complete: a lone start (or end) wants its partner.
+        need |= {"start", "end"} if columns & {"start", "end"} else {"time"}
+    missing = sorted(need - columns)
+    if missing:
+        raise StageError(
+            params.events,
+            f"missing column {missing[0]!r} (has: {', '.join(map(str, table.columns))})",
+        )
+    w = params.window
+    out: list[ClipSpec | str] = []
+    for i, rec in enumerate(table.to_dict("records"), start=1):
+        name, label = rec.get("recording"), rec.get("label")
+        start, end = _number(rec.get("start")), _number(rec.get("end"))
+        at = _number(rec.get("time"))
+        if not isinstance(name, str) or not name.strip():
+            out.append("recording is empty")
+        elif not isinstance(label, str) or label not in params.labels:
+            out.append(f"label {label!r} is not in the vocabulary {list(params.labels)}")
+        elif start is None and end is None and at is None:
+            out.append("needs a time, or a start and an end")
+        elif (start is None) != (end is None):
+            out.append("has only one of start and end")
+        elif start is not None and end is not None and start >= end:
+            out.append(f"start {start:g} >= end {end:g}")
+        elif not (recordings / name).is_file():
+            out.append(f"unknown recording {name!r} (no such file in {recordings})")
+        else:
+            if start is None:
+                start = at - w.before
+                end = start + w.duration
+            assert end is not None
+            if not w.min_duration - 1e-9 <= end - start <= w.max_duration + 1e-9:
+                out.append(
+                    f"clip of {end - start:.3f} s is outside the allowed "
+                    f"{w.min_duration:g}-{w.max_duration:g} s"
+                )
+            else:
+                out.append(ClipSpec(i, name, label, start, end))
+    return out
+
+
+def check_windows(specs: list[ClipSpec | str], infos: dict[str, MediaInfo]) -> None:
+    """Turn rows whose window leaves its (probed) recording into problems, in place."""
+    for k, spec in enumerate(specs):
+        if isinstance(spec, ClipSpec) and spec.recording in infos:
+            length = infos[spec.recording].duration
+            if spec.start < 0 or spec.end > length + 1e-6:
+                specs[k] = (
+                    f"window {spec.start:.3f}-{spec.end:.3f} s is outside recording "
+                    f"{spec.recording!r} (0-{length:.3f} s)"
+                )
+
+
+def raise_bad_rows(specs: list[ClipSpec | str], events: Path) -> None:
+    bad = [(i, problem) for i, problem in enumerate(specs, start=1) if isinstance(problem, str)]
+    if not bad:
+        return
+    row, problem = bad[0]
+    more = "; ".join(f"row {r}: {p}" for r, p in bad[1 : 1 + MAX_LISTED])
+    if more:
+        rest = len(bad) - 1 - MAX_LISTED
+        problem += f" (and {len(bad) - 1} more bad rows: {more}{'; ...' if rest > 0 else ''})"
+    raise StageError(f"{events}: row {row}", problem)
+
+
+# --- reading clips -------------------------------------------------------------------------------
+
+
+def clip_frame_count(duration: float, fps: int) -> int:
+    return round(duration * fps)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Clips (sorted by recording, start) that one worker reads and writes as one shard."""
+
+    path: Path
+    clips: list[ClipSpec]
+    schema: dataset.SampleSchema
+    params: Params
+
+
+@dataclass
+class ShardResult:
+    rows: int = 0
+    bytes: int = 0
+    frames: int = 0
+    samples: int = 0
+    per_label: dict[str, int] = field(default_factory=dict)
+    recordings: set[str] = field(default_factory=set)
+    sheet: dict[str, np.ndarray] = field(default_factory=dict)  # label -> its first clip
+    failures: list[dict] = field(default_factory=list)
+    error: tuple[str, str] | None = None  # (where, problem): StageError does not pickle
+
+
+def write_shard(job: ShardJob) -> ShardResult:
+    """Read the job's clips, a few at a time, into one shard file; memory is one row group.
+
+    A recording that fails to decode stops the shard with `error` (fail mode) or turns its
+    remaining clips into failures (skip mode).
+    """
+    p, result = job.params, ShardResult()
+    shape = job.schema.arrays
+    shard = dataset.ShardFile(job.path, job.schema, compression_level=p.compression_level)
+    batch: list[tuple[ClipSpec, np.ndarray, np.ndarray]] = []
+    for name, group in groupby(job.clips, key=lambda c: c.recording):
+        clips, read = list(group), set()
+        try:
+            frames = FrameReader(p.recordings / name, (p.size, p.size))
+            with AudioReader(p.recordings / name) as audio:
+                for clip in clips:
+                    times = sample_times(clip.start, clip_frame_count(clip.duration, p.fps), p.fps)
+                    sound = audio.read(clip.start, clip.end, p.audio_rate)
+                    batch.append((clip, frames.frames_at(times), sound))
+                    read.add(clip.row)
+                    if len(batch) == ROW_GROUP_CLIPS:
+                        _flush(shard, batch, p, shape, result)
+        except StageError as exc:
+            if p.on_bad_recording == "fail":
+                shard.close()
+                return ShardResult(error=(exc.where, exc.problem))
+            # Clips read before the failure are kept; the rest of the recording's are listed.
+            result.failures += [_failure(c, str(exc)) for c in clips if c.row not in read]
+    _flush(shard, batch, p, shape, result)
+    result.bytes = shard.close()
+    return result
+
+
+def _flush(shard, batch: list, p: Params, shape: dict, result: ShardResult) -> None:
+    """Write the batched clips as one row group and count them; empties the batch."""
+    if not batch:
+        return
+    clips = [b[0] for b in batch]
+    frames, audio = [b[1] for b in batch], [b[2] for b in batch]
+    shard.write(
+        {
+            "clip_id": np.array([c.row for c in clips], np.int64),
+            "recording": [c.recording for c in clips],
+            "label": [c.label for c in clips],
+            "label_index": np.array([p.labels.index(c.label) for c in clips], np.int16),
+            "start": np.array([c.start for c in clips]),
+            "end": np.array([c.end for c in clips]),
+            "n_frames": np.array([len(f) for f in frames], np.int32),
+            "frames": padded(frames, shape["frames"].shape[0]),
+            "n_samples": np.array([len(a) for a in audio], np.int32),
+            "audio": padded(audio, shape["audio"].shape[0]),
+            "audio_rate": np.full(len(clips), p.audio_rate, np.int32),
+        }
+    )
+    for clip, f in zip(clips, frames, strict=True):
+        result.per_label[clip.label] = result.per_label.get(clip.label, 0) + 1
+        result.sheet.setdefault(clip.label, f)
+        result.recordings.add(clip.recording)
+    result.rows += len(clips)
+    result.frames += sum(len(f) for f in frames)
+    result.samples += sum(len(a) for a in audio)
+    batch.clear()
+
+
+def run_jobs(fn: Callable, jobs: list, workers: int) -> Iterator:
+    """fn over jobs, in order; on `workers` processes unless one suffices."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(fn, jobs)
+        return
+    with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+        yield from pool.map(fn, jobs)
+
+
+def schema(params: Params, max_frames: int, max_samples: int) -> dataset.SampleSchema:
+    s = params.size
+    return dataset.SampleSchema(
+        name="gameplay-clips/v1",
+        doc="Event clips cut from gameplay recordings: frames and the audio of the same span. Rows "
+        "are sorted by recording, then start. Arrays are padded with zeros to the longest clip: "
+        "frames[:n_frames] and audio[:n_samples] are the clip.",
+        columns=(
+            dataset.Column("clip_id", pa.int64(), "row of the event in the events table, 1-based"),
+            dataset.Column("recording", pa.string(), "recording file, relative to its directory"),
+            dataset.Column("label", pa.string(), "event kind"),
+            dataset.Column("label_index", pa.int16(), "index of the label in the vocabulary"),
+            dataset.Column("start", pa.float64(), "window start in the recording, s"),
+            dataset.Column("end", pa.float64(), "window end in the recording, s"),
+            dataset.Column(
+                "n_frames", pa.int32(), "frames of the clip: round((end - start) * fps)"
+            ),
+            dataset.ArrayColumn(
+                "frames", "uint8", (max_frames, s, s, 3), "RGB frames shown at start + k / fps"
+            ),
+            dataset.Column("n_samples", pa.int32(), "audio samples: round((end - start) * rate)"),
+            dataset.ArrayColumn("audio", "float32", (max_samples,), "mono waveform in [-1, 1]"),
+            dataset.Column("audio_rate", pa.int32(), "audio sample rate, Hz"),
+        ),
+        metadata={"fps": params.fps, "size": [s, s], "labels": list(params.labels)},
+    )
+
+
+def padded(arrays: list[np.ndarray], length: int) -> np.ndarray:
+    """Stack arrays of equal trailing shape along a new axis, zero-padding axis 1 to `length`."""
+    out = np.zeros((len(arrays), length, *arrays[0].shape[1:]), arrays[0].dtype)
+    for k, a in enumerate(arrays):
+        out[k, : len(a)] = a
+    return out
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    stats: dict
+    failures: list[dict]
+    sheet: dict[str, np.ndarray]  # label -> frames of its first clip
+
+
+def probe_all(names: Iterable[str], params: Params) -> tuple[dict[str, MediaInfo], dict[str, str]]:
+    """Probe each recording; a broken one raises, or (skip mode) is returned with its problem."""
+    infos, broken = {}, {}
+    for name in names:
+        try:
+            info = probe(params.recordings / name)
+            require_audio(info)
+            infos[name] = info
+        except StageError as exc:
+            if params.on_bad_recording == "fail":
+                raise
+            broken[name] = str(exc)
+    return infos, broken
+
+
+def validate_params(p: Params) -> None:
+    w = p.window
+    if not 0 < w.min_duration <= w.duration <= w.max_duration:
+        raise StageError("params.yaml: gameplay_clips.window", "need 0 < min <= duration <= max")
+    if p.fps <= 0 or p.size <= 0 or p.audio_rate < 1000 or p.shard_rows <= 0:
+        raise StageError(
+            "params.yaml: gameplay_clips", "fps, size, shard_rows > 0, audio_rate >= 1000"
+        )
+    if len(set(p.labels)) != len(p.labels) or not p.labels:
+        raise StageError("params.yaml: gameplay_clips.labels", "must be a non-empty list of names")
+    if not p.recordings.is_dir():
+        raise StageError(p.recordings, "recordings directory not found (run dvc repro / dvc pull)")
+
+
+def build(params: Params, out: Path) -> Outcome:
+    """Validate everything, then write the clip dataset to `out` atomically."""
+    started = time.perf_counter()  # the rate in the metrics includes validating and probing
+    validate_params(params)
+    table = read_events(params.events)
+    specs = parse_rows(table, params)
+    raise_bad_rows(specs, params.events)
+    names = sorted({s.recording for s in specs if isinstance(s, ClipSpec)})
+    infos, broken = probe_all(names, params)
+    check_windows(specs, infos)
+    raise_bad_rows(specs, params.events)
+    clips = sorted(
+        (s for s in specs if isinstance(s, ClipSpec)), key=lambda s: (s.recording, s.start, s.row)
+    )
+    failures = [_failure(c, broken[c.recording]) for c in clips if c.recording in broken]
+    todo = [c for c in clips if c.recording not in broken]
+    max_frames = max((clip_frame_count(c.duration, params.fps) for c in todo), default=1)
+    max_samples = max((round(c.duration * params.audio_rate) for c in todo), default=1)
+    sample_schema = schema(params, max_frames, max_samples)
+    workers = worker_count(params.workers)
+    # Shards of equal size, fixed by the clip count alone: the bytes do not depend on workers.
+    parts = np.array_split(np.arange(len(todo)), max(math.ceil(len(todo) / params.shard_rows), 1))
+    total = ShardResult(per_label=dict.fromkeys(params.labels, 0))
+    with atomic_dir(out) as tmp:
+        jobs = [
+            ShardJob(
+                tmp / dataset.SHARD_PATTERN.format(k),
+                [todo[i] for i in part],
+                sample_schema,
+                params,
+            )
+            for k, part in enumerate(parts)
+        ]
+        results = run_jobs(write_shard, jobs, workers)
+        try:
+            for result in progress(results, desc="clip shards", total=len(jobs), unit="shard"):
+                if result.error is not None:
+                    raise StageError(*result.error)
+                _merge(total, result)
+        finally:
+            results.close()  # on failure, stop the workers before the temporary output goes
+    failures += total.failures
+    seconds = time.perf_counter() - started
+    recording_seconds = sum(infos[n].duration for n in total.recordings)
+    clip_seconds = total.samples / params.audio_rate
+    stats = {
+        "clips": total.rows,
+        "clips_per_label": total.per_label,
+        "frames": total.frames,
+        "audio_seconds": round(clip_seconds, 3),
+        "failures": len(failures),
+        "failed_recordings": sorted({f["recording"] for f in failures}),
+        "recordings": len(total.recordings),
+        "recording_seconds": round(recording_seconds, 3),
+        "fps": params.fps,
+        "frame_size": [params.size, params.size],
+        "audio_rate": params.audio_rate,
+        "shards": len(jobs),
+        "bytes": total.bytes,
+        "seconds": round(seconds, 3),
+        "recording_seconds_per_second": round(recording_seconds / seconds, 1),
+        "clip_seconds_per_second": round(clip_seconds / seconds, 1),
+        "workers": workers,
+        "device": "cpu",
+        "events": {"path": str(params.events), "sha256": file_digest(params.events)},
+    }
+    return Outcome(stats, sorted(failures, key=lambda f: f["row"]), total.sheet)
+
+
+def _merge(total: ShardResult, part: ShardResult) -> None:
+    total.rows += part.rows
+    total.bytes += part.bytes
+    total.frames += part.frames
+    total.samples += part.samples
+    for label, count in part.per_label.items():
+        total.per_label[label] += count
+    total.recordings |= part.recordings
+    for label, frames in part.sheet.items():
+        total.sheet.setdefault(label, frames)  # shards arrive in order: keeps the first clip
+    total.failures += part.failures
+
+
+def _failure(clip: ClipSpec, error: str) -> dict:
+    return {
+        "row": clip.row,
+        "recording": clip.recording,
+        "label": clip.label,
+        "start": round(clip.start, 6),
+        "end": round(clip.end, 6),
+        "error": error,
+    }
+
+
+def contact_sheet(
+    path: Path, sheet: dict[str, np.ndarray], labels: tuple[str, ...], size: int
+) -> None:
+    """One row per label (its first clip), SHEET_FRAMES frames spread over the clip."""
+    rows = []
+    for label in labels:
+        frames = sheet.get(label)
+        if frames is None:
+            rows.append(np.zeros((SHEET_FRAMES, size, size, 3), np.uint8))
+            continue
+        pick = np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int)
+        rows.append(frames[pick])
+    save_grid(path, np.stack(rows))
+
+
+def failures_csv(failures: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, ["row", "recording", "label", "start", "end", "error"], lineterminator="\n"
+    )
+    writer.writeheader()
+    writer.writerows(failures)
+    return buffer.getvalue()
+
+
+def main(params: Params) -> None:
+    """Cut labelled event clips (frames + audio) out of gameplay recordings."""
+    outcome = build(params, OUT)
+    s = outcome.stats
+    log.info(
+        "%d clips (%d failed) from %.0f s of recordings in %.1f s: %.0fx real time",
+        s["clips"], s["failures"], s["recording_seconds"], s["seconds"],
+        s["recording_seconds_per_second"],
+    )  # fmt: skip
+    contact_sheet(REPORTS / "contact_sheet.png", outcome.sheet, params.labels, params.size)
+    with atomic_file(REPORTS / "failures.csv", "w") as handle:
+        handle.write(failures_csv(outcome.failures))
+    write_json(REPORTS / "clips.json", s)
+
+
+if __name__ == "__main__":
+    run_stage("gameplay_clips", Params, main)

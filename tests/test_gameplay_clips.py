@@ -1,0 +1,254 @@
+"""The event-clip stage on real recordings (any fps, size, container), bad tables, broken files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from media_samples import frame_index, pyav_frames, truncate, write_audio_only, write_pattern
+
+from stages import gameplay_clips as gc
+from stages.common import dataset
+from stages.common.errors import StageError
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = {"rec-a.mp4": 60, "rec-b.mkv": 25}  # fps of each good recording
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Two good recordings in different containers, rates and sizes, and three broken ones."""
+    root = tmp_path_factory.mktemp("corpus")
+    a = write_pattern(root / "rec-a.mp4", 12.0, 60, (256, 240), clicks=(3.0, 7.5))
+    write_pattern(root / "rec-b.mkv", 10.0, 25, (320, 180), clicks=(5.0,))
+    truncate(a, root / "cut.mp4")
+    write_pattern(root / "silent.mp4", 6.0, 30, (64, 48), audio=False)
+    write_audio_only(root / "sound-only.mp4", 6.0)
+    return root
+
+
+def write_events(path: Path, rows: list[dict]) -> Path:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def make_params(corpus: Path, events: Path, **changes) -> gc.Params:
+    return replace(gc.Params(recordings=corpus, events=events, workers=1), **changes)
+
+
+GOOD_ROWS = [
+    {"recording": "rec-a.mp4", "time": 3.0, "label": "mushroom"},
+    {"recording": "rec-b.mkv", "start": 4.0, "end": 6.5, "label": "flower"},
+    {"recording": "rec-a.mp4", "start": 6.2, "end": 9.9, "label": "death"},
+    {"recording": "rec-b.mkv", "time": 2.0, "label": "stomp"},
+]
+
+
+@pytest.fixture(scope="module")
+def built(corpus, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("built")
+    params = make_params(corpus, write_events(tmp / "events.csv", GOOD_ROWS), shard_rows=2)
+    outcome = gc.build(params, tmp / "clips")
+    assert outcome.stats["shards"] == 2
+    return outcome, dataset.read_arrays(tmp / "clips"), tmp / "clips"
+
+
+def test_one_clip_per_row_with_its_label_sorted_by_recording_then_start(built):
+    outcome, clips, _ = built
+    assert clips["clip_id"].tolist() == [1, 3, 4, 2]
+    assert clips["label"].tolist() == ["mushroom", "death", "stomp", "flower"]
+    assert clips["label_index"].tolist() == [0, 3, 2, 1]
+    assert clips["recording"].tolist() == ["rec-a.mp4", "rec-a.mp4", "rec-b.mkv", "rec-b.mkv"]
+    np.testing.assert_allclose(clips["start"], [1.5, 6.2, 0.5, 4.0])
+    np.testing.assert_allclose(clips["end"], [4.5, 9.9, 3.5, 6.5])
+    assert outcome.stats["clips_per_label"] == {"mushroom": 1, "flower": 1, "stomp": 1, "death": 1}
+    assert outcome.failures == []
+
+
+def test_frame_and_sample_counts_follow_the_duration(built):
+    _, clips, _ = built
+    duration = clips["end"] - clips["start"]
+    assert np.all(np.abs(clips["n_frames"] - duration * 30) <= 1)
+    assert clips["n_frames"].tolist() == [90, 111, 90, 75]
+    assert clips["frames"].shape == (4, 111, 128, 128, 3)  # padded to the longest clip
+    assert np.all(np.abs(clips["n_samples"] - duration * 16000) <= 16000 / 30)
+    assert clips["n_samples"].tolist() == [48000, 59200, 48000, 40000]
+    assert clips["audio"].dtype == np.float32 and set(clips["audio_rate"]) == {16000}
+    for k, n in enumerate(clips["n_frames"]):
+        assert (
+            not clips["frames"][k, n:].any()
+            and not clips["audio"][k, clips["n_samples"][k] :].any()
+        )
+
+
+def test_frames_are_the_source_frames_on_screen_at_30_fps(built):
+    _, clips, _ = built
+    for k in range(4):
+        fps = SOURCES[clips["recording"][k]]
+        times = clips["start"][k] + np.arange(clips["n_frames"][k]) / 30
+        shown = [frame_index(f) for f in clips["frames"][k, : clips["n_frames"][k]]]
+        assert shown == np.floor(times * fps + 1e-6).astype(int).tolist()
+
+
+def test_first_frame_matches_the_recordings_frame_at_the_window_start(built, corpus):
+    _, clips, _ = built
+    decoded = {name: pyav_frames(corpus / name, 128) for name in SOURCES}
+    for k in range(4):
+        name = clips["recording"][k]
+        reference = decoded[name][int(clips["start"][k] * SOURCES[name] + 1e-6)]
+        diff = np.abs(clips["frames"][k, 0].astype(int) - reference.astype(int)).mean()
+        assert diff < 6, (name, diff)
+
+
+def test_audio_is_the_same_span_clicks_included(built):
+    _, clips, _ = built
+    expected = {0: [3.0], 1: [7.5], 3: [5.0]}  # clip -> click times in its recording
+    for k, clicks in expected.items():
+        audio = clips["audio"][k, : clips["n_samples"][k]]
+        loud = np.flatnonzero(np.abs(audio) > 0.6)
+        onsets = loud[np.diff(loud, prepend=-1000) > 1000] / 16000 + clips["start"][k]
+        assert onsets == pytest.approx(clicks, abs=0.002)
+    assert np.abs(clips["audio"][2]).max() < 0.6  # no click in stomp's window
+
+
+def test_same_input_gives_the_same_bytes_with_any_worker_count(built, corpus, tmp_path):
+    _, _, first = built
+    events = write_events(tmp_path / "events.csv", GOOD_ROWS)
+    params = make_params(corpus, events, workers=2, shard_rows=2)
+    gc.build(params, tmp_path / "clips")
+    old, new = sorted(first.iterdir()), sorted((tmp_path / "clips").iterdir())
+    assert [p.name for p in old] == [p.name for p in new]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(old, new, strict=True))
+
+
+def test_parquet_events_table(corpus, tmp_path):
+    events = tmp_path / "events.parquet"
+    pd.DataFrame([GOOD_ROWS[1], GOOD_ROWS[2]]).to_parquet(events)
+    outcome = gc.build(make_params(corpus, events), tmp_path / "clips")
+    assert outcome.stats["clips"] == 2 and outcome.stats["frames"] == 75 + 111
+
+
+# --- bad input: reported with its row, before anything is written -----------------------------
+
+BAD_ROWS = [
+    ({"recording": "rec-z.mp4", "time": 3.0, "label": "stomp"}, "unknown recording 'rec-z.mp4'"),
+    ({"recording": "rec-a.mp4", "time": 3.0, "label": "coin"}, "label 'coin' is not in"),
+    ({"recording": "rec-a.mp4", "start": 5.0, "end": 5.0, "label": "stomp"}, "start 5 >= end 5"),
+    ({"recording": "rec-a.mp4", "start": 1.0, "end": 6.0, "label": "stomp"}, "outside the allowed"),
+    ({"recording": "rec-a.mp4", "time": 11.5, "label": "stomp"}, "outside recording 'rec-a.mp4'"),
+    ({"recording": "rec-a.mp4", "time": 0.5, "label": "stomp"}, r"window -1\.000-2\.000 s"),
+    ({"recording": "rec-a.mp4", "label": "stomp"}, "needs a time, or a start and an end"),
+]
+
+
+@pytest.mark.parametrize(("row", "problem"), BAD_ROWS)
+def test_bad_row_is_reported_with_its_number(corpus, tmp_path, row, problem):
+    events = write_events(tmp_path / "events.csv", [GOOD_ROWS[0], row])
+    with pytest.raises(StageError, match=problem) as info:
+        gc.build(make_params(corpus, events), tmp_path / "clips")
+    assert info.value.where == f"{events}: row 2"
+    assert not (tmp_path / "clips").exists()
+
+
+def test_all_bad_rows_are_listed(corpus, tmp_path):
+    rows = [GOOD_ROWS[0]] + [row for row, _ in BAD_ROWS[:3]]
+    events = write_events(tmp_path / "events.csv", rows)
+    with pytest.raises(StageError, match=r"and 2 more bad rows: row 3: .*; row 4: start") as info:
+        gc.build(make_params(corpus, events), tmp_path / "clips")
+    assert info.value.where.endswith("row 2")
+
+
+def test_missing_column_is_named(corpus, tmp_path):
+    events = write_events(tmp_path / "events.csv", [{"recording": "rec-a.mp4", "time": 3.0}])
+    with pytest.raises(StageError, match="missing column 'label'"):
+        gc.build(make_params(corpus, events), tmp_path / "clips")
+    assert not (tmp_path / "clips").exists()
+
+
+# --- broken recordings -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("cut.mp4", "cannot be decoded"),
+        ("silent.mp4", "no audio track"),
+        ("sound-only.mp4", "no video stream"),
+    ],
+)
+def test_broken_recording_stops_the_stage_naming_the_file(corpus, tmp_path, name, problem):
+    rows = [GOOD_ROWS[0], {"recording": name, "time": 2.0, "label": "death"}]
+    events = write_events(tmp_path / "events.csv", rows)
+    with pytest.raises(StageError, match=problem) as info:
+        gc.build(make_params(corpus, events), tmp_path / "clips")
+    assert info.value.where == str(corpus / name)
+    assert not (tmp_path / "clips").exists()
+
+
+def test_skip_mode_lists_broken_recordings_and_goes_on(corpus, tmp_path):
+    rows = [
+        {"recording": "cut.mp4", "time": 2.0, "label": "death"},
+        GOOD_ROWS[0],
+        {"recording": "silent.mp4", "time": 3.0, "label": "stomp"},
+    ]
+    events = write_events(tmp_path / "events.csv", rows)
+    outcome = gc.build(make_params(corpus, events, on_bad_recording="skip"), tmp_path / "clips")
+    assert [f["row"] for f in outcome.failures] == [1, 3]
+    assert "cannot be decoded" in outcome.failures[0]["error"]
+    assert "no audio track" in outcome.failures[1]["error"]
+    assert outcome.stats["failures"] == 2 and outcome.stats["clips"] == 1
+    assert dataset.read_arrays(tmp_path / "clips", columns=["clip_id"])["clip_id"].tolist() == [2]
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def run_cli(cwd: Path, section: dict) -> subprocess.CompletedProcess:
+    (cwd / "params.yaml").write_text(yaml.safe_dump({"gameplay_clips": section}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "stages.gameplay_clips"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_cli_writes_dataset_and_reports(corpus, tmp_path):
+    events = write_events(tmp_path / "events.csv", GOOD_ROWS)
+    done = run_cli(tmp_path, {"recordings": str(corpus), "events": str(events), "workers": 1})
+    assert done.returncode == 0, done.stderr
+    assert dataset.count_rows(tmp_path / "data/gameplay/clips") == 4
+    reports = tmp_path / "reports/gameplay"
+    assert sorted(p.name for p in reports.iterdir()) == [
+        "clips.json",
+        "contact_sheet.png",
+        "failures.csv",
+    ]
+    with open(reports / "failures.csv") as handle:
+        assert list(csv.reader(handle)) == [["row", "recording", "label", "start", "end", "error"]]
+
+
+def test_cli_reports_a_bad_row_in_one_line(corpus, tmp_path):
+    rows = [GOOD_ROWS[0], {"recording": "rec-a.mp4", "time": 3.0, "label": "coin"}]
+    events = write_events(tmp_path / "events.csv", rows)
+    done = run_cli(tmp_path, {"recordings": str(corpus), "events": str(events)})
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"gameplay_clips: error: {events}: row 2: label 'coin' is not in the vocabulary"
+        )
+    )
+    assert not (tmp_path / "data").exists()
