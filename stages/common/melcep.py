@@ -20,6 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 import scipy.fft
+import scipy.signal
 
 from stages.common.spdsolve import solve_toeplitz_plus_hankel
 
@@ -179,3 +180,31 @@ def _newton(
             )
         mc[active] += delta
     return mc
+
+
+def frame_signal(
+    signal: np.ndarray, frame_length: int, hop: int, nfft: int, window: str = "blackman"
+) -> np.ndarray:
+    """Windowed frames (T, nfft) of a 1-D signal, frame k centred on sample k * hop.
+
+    The signal is zero-padded by half a frame at both ends, so T = 1 + len(signal) // hop and frame
+    k describes time k * hop / rate; each frame is zero-padded from frame_length to nfft.
+    """
+    if not 0 < frame_length <= nfft:
+        raise ValueError(f"need 0 < frame_length <= nfft, got {frame_length}, {nfft}")
+    half = frame_length // 2
+    count = 1 + len(signal) // hop
+    padded = np.zeros(half + count * hop + frame_length)
+    padded[half : half + len(signal)] = signal
+    windows = np.lib.stride_tricks.sliding_window_view(padded, frame_length)[: count * hop : hop]
+    frames = np.zeros((count, nfft))
+    frames[:, :frame_length] = windows * scipy.signal.get_window(
+        window, frame_length, fftbins=False
+    )
+    return frames
+
+
+def log_amplitude(mc: np.ndarray, alpha: float, nfft: int) -> np.ndarray:
+    """Natural-log amplitude spectra (T, nfft/2+1) of the filters mel-cepstra (T, M+1) describe."""
+    mc = np.atleast_2d(mc)
+    return mc @ operators(mc.shape[1] - 1, float(alpha), nfft).log_amplitude

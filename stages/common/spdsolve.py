@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(nogil=True, fastmath=True)  # no cache: its files would change the stages/common DVC dep
 def _cholesky_solve(
     r: np.ndarray, rhs: np.ndarray, min_pivot: float
 ) -> tuple[np.ndarray, np.ndarray]:
