@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,7 +29,6 @@ from stages.common.av_io import probe, read_gray_frames
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
 from stages.common.images import save_grid
-from stages.common.progress import progress
 from stages.common.workers import worker_count
 from stages.lip_transform import LipTransform, dct2, fit_pca, select_coefficients
 
@@ -190,11 +188,8 @@ def main(params: Params) -> None:
     entries = corpus.read_table(params.corpus.table)
     started = time.perf_counter()
     workers = worker_count(params.workers)
-    with ProcessPoolExecutor(workers) as pool:
-        jobs = [(e, params.roi) for e in entries]
-        clips = list(
-            progress(pool.map(read_clip, jobs), desc="lip video", total=len(jobs), unit="utt")
-        )
+    jobs = [(e, params.roi) for e in entries]
+    clips = corpus.map_utterances(read_clip, jobs, workers, "lip video")
     decoded = time.perf_counter() - started
     rates = {round(c.fps, 3) for c in clips}
     if len(rates) > 1:

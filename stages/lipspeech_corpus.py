@@ -10,11 +10,19 @@ for M2TINIT write one row per sentence and point `corpus.table` at it.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from stages.common.errors import StageError
 from stages.common.hashing import file_digest
+from stages.common.progress import progress
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 REQUIRED = ("utterance", "file", "split", "duration")
 SPLITS = ("train", "test")
@@ -69,3 +77,31 @@ def read_table(table: Path) -> list[Entry]:
 
 def provenance(table: Path) -> dict:
     return {"table": str(table), "sha256": file_digest(table)}
+
+
+@dataclass(frozen=True)
+class _Failed:
+    where: str
+    problem: str
+
+
+def _catching(fn: Callable[[J], R], job: J) -> R | _Failed:
+    # StageError does not survive pickling back from a worker; carry its parts instead.
+    try:
+        return fn(job)
+    except StageError as exc:
+        return _Failed(exc.where, exc.problem)
+
+
+def map_utterances(fn: Callable[[J], R], jobs: list[J], workers: int, desc: str) -> list[R]:
+    """fn over jobs in `workers` processes, in order, with progress; the first StageError (in job
+    order) is raised in this process, so callers validate everything before writing anything."""
+    results = []
+    with ProcessPoolExecutor(workers) as pool:
+        mapped = pool.map(partial(_catching, fn), jobs)
+        for result in progress(mapped, desc=desc, total=len(jobs), unit="utt"):
+            if isinstance(result, _Failed):
+                pool.shutdown(cancel_futures=True)
+                raise StageError(result.where, result.problem)
+            results.append(result)
+    return results

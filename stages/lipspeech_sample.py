@@ -17,7 +17,6 @@ import io
 import logging
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +27,9 @@ from stages.common.atomic import atomic_dir, write_json
 from stages.common.av_io import write_video
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
-from stages.common.progress import progress
 from stages.common.seeding import rng
 from stages.common.workers import worker_count
+from stages.lipspeech_corpus import map_utterances
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +126,7 @@ def main(params: Params) -> None:
     with atomic_dir(OUT) as tmp:
         (tmp / "videos").mkdir()
         jobs = [Job(i, tmp, params) for i in range(params.utterances)]
-        with ProcessPoolExecutor(workers) as pool:
-            made = pool.map(make_utterance, jobs)
-            rows = list(progress(made, desc="utterances", total=len(jobs), unit="utt"))
+        rows = map_utterances(make_utterance, jobs, workers, "utterances")
         for row, is_test in zip(rows, test, strict=True):
             row["split"] = "test" if is_test else "train"
         (tmp / TABLE).write_text(table_text(rows))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,7 +33,6 @@ from stages.common.colormap import spectrogram_image
 from stages.common.errors import StageError
 from stages.common.images import save_grid
 from stages.common.mcd import mcd_frames
-from stages.common.progress import progress
 from stages.common.workers import worker_count
 
 log = logging.getLogger(__name__)
@@ -225,9 +223,8 @@ def main(params: Params) -> None:
         )
     entries = corpus.read_table(params.corpus.table)
     started = time.perf_counter()
-    with ProcessPoolExecutor(worker_count(params.workers)) as pool:
-        jobs = [(e, a) for e in entries]
-        results = list(progress(pool.map(process, jobs), desc="mcep", total=len(jobs), unit="utt"))
+    jobs = [(e, a) for e in entries]
+    results = corpus.map_utterances(process, jobs, worker_count(params.workers), "mcep")
     seconds = time.perf_counter() - started
     frames = sum(len(r.mcep) for r in results)
     check = check_against_pysptk(results, a, params.check_frames) if params.check_frames else None
