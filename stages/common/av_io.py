@@ -58,12 +58,32 @@ def probe(path: str | Path) -> MediaInfo:
         )
 
 
+# 8-bit planar YUV: the luma plane is the grey picture, so no colour conversion is needed.
+_YUV8 = {"yuv420p", "yuv422p", "yuv444p", "yuvj420p", "yuvj422p", "yuvj444p", "nv12", "nv21"}
+# Limited-range (16..235) luma to full range, rounded: what FFmpeg's grey conversion does.
+_LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
+
+
+def _gray(frame: av.VideoFrame, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """The box of one decoded frame as full-range grey uint8 (h, w).
+
+    For 8-bit YUV the luma plane is cropped first: 4x faster than converting whole frames.
+    """
+    if frame.format.name not in _YUV8:
+        return frame.to_ndarray(format="gray")[y : y + h, x : x + w].copy()
+    plane = frame.planes[0]
+    luma = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[y : y + h, x : x + w]
+    full = frame.format.name.startswith("yuvj") or frame.color_range == 2  # 2: JPEG/full range
+    return luma.copy() if full else _LIMITED_TO_FULL[luma]
+
+
 def read_gray_frames(
-    path: str | Path, box: tuple[int, int, int, int] | None = None
+    path: str | Path, box: tuple[int, int, int, int] | None = None, *, threads: int = 1
 ) -> tuple[np.ndarray, float]:
     """All frames as grey uint8 (T, h, w), cropped to box (x, y, width, height); and the fps.
 
-    Grey is FFmpeg's full-range luma (BT.601 weights), what `convert('L')` would give from RGB.
+    Grey is full-range luma (BT.601 weights, as FFmpeg's `gray` and PIL's `convert("L")`).
+    `threads`: decoder threads (0 = FFmpeg's choice); stages run one process per core instead.
     """
     path = Path(path)
     out = []
@@ -71,13 +91,12 @@ def read_gray_frames(
         if not container.streams.video:
             raise StageError(path, "no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame threads: faster, and decoding stays bit-exact
+        stream.codec_context.thread_count = threads
         fps = float(stream.average_rate or stream.guessed_rate or 0)
         x, y, w, h = box if box else (0, 0, stream.codec_context.width, stream.codec_context.height)
         try:
             for frame in container.decode(stream):
-                grey = frame.to_ndarray(format="gray")
-                out.append(grey[y : y + h, x : x + w].copy())
+                out.append(_gray(frame, x, y, w, h))
         except av.FFmpegError as exc:
             raise StageError(
                 path, f"video decoding failed after {len(out)} frames ({exc})"

@@ -60,6 +60,7 @@ class Operators:
 
     start: np.ndarray  # (nfft/2+1, M+1): log periodogram -> initial mel-cepstrum
     log_amplitude: np.ndarray  # (M+1, nfft/2+1): mel-cepstrum -> model log amplitude per bin
+    inverse_power: np.ndarray  # -2 * log_amplitude: exp(mc @ it) = 1 / |H|^2
     autocorrelation: np.ndarray  # (nfft/2+1, 2M+1): weighted periodogram -> warped r(0..2M)
     first_c0: np.ndarray  # (nfft/2+1,): log periodogram -> c0 of its halved cepstrum
     powers: np.ndarray  # (M+1,): 1, -a, a^2, ...
@@ -85,6 +86,7 @@ def operators(order: int, alpha: float, nfft: int) -> Operators:
     return Operators(
         start=start,
         log_amplitude=log_amplitude,
+        inverse_power=np.ascontiguousarray(-2.0 * log_amplitude),
         autocorrelation=autocorrelation,
         first_c0=cep[:, 0].copy(),
         powers=(-alpha) ** np.arange(order + 1),
@@ -97,7 +99,8 @@ def periodogram(frames: np.ndarray, etype: int = 0, eps: float = 0.0) -> np.ndar
     etype 0: as is; 1: plus eps; 2: floored at eps dB (negative) below each frame's peak.
     """
     spectrum = scipy.fft.rfft(frames, axis=-1)
-    power = spectrum.real**2 + spectrum.imag**2
+    pairs = spectrum.view(np.float64).reshape(*spectrum.shape, 2)
+    power = np.einsum("...k,...k->...", pairs, pairs)
     if etype == 1:
         if eps < 0:
             raise ValueError("etype 1 needs eps >= 0")
@@ -161,10 +164,10 @@ def _newton(
     active = np.arange(len(power))
     order = mc.shape[1] - 1
     for step in range(1, maxiter + 1):
-        weighted = mc[active] @ ops.log_amplitude
-        weighted *= -2.0
+        full = len(active) == len(mc)  # skip the gathers while no frame has converged
+        weighted = (mc if full else mc[active]) @ ops.inverse_power
         np.exp(weighted, out=weighted)
-        weighted *= power[active]
+        weighted *= power if full else power[active]
         r = weighted @ ops.autocorrelation
         if step >= miniter:
             going = np.abs((r[:, 0] - previous[active]) / r[:, 0]) >= threshold
@@ -178,7 +181,10 @@ def _newton(
                 f"Newton matrix not positive definite (pivot <= min_det {min_det}) in frames "
                 f"{(first + active[~ok][:5]).tolist()} at iteration {step}"
             )
-        mc[active] += delta
+        if len(active) == len(mc):
+            mc += delta
+        else:
+            mc[active] += delta
     return mc
 
 
