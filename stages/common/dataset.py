@@ -123,9 +123,7 @@ class ShardFile:
     embeds no timestamps, so the same rows give the same bytes.
     """
 
-    def __init__(
-        self, path: str | Path, schema: SampleSchema, *, compression_level: int = 3
-    ) -> None:
+    def __init__(self, path: str | Path, schema: SampleSchema, *, compression_level: int = 3) -> None:
         self.path = Path(path)
         self.schema = schema
         self.rows = 0
@@ -155,12 +153,7 @@ class ShardWriter:
     """Streams batches into consecutive shards `part-NNNNN.parquet` of at most `shard_rows` rows."""
 
     def __init__(
-        self,
-        directory: str | Path,
-        schema: SampleSchema,
-        *,
-        shard_rows: int,
-        compression_level: int = 3,
+        self, directory: str | Path, schema: SampleSchema, *, shard_rows: int, compression_level: int = 3
     ) -> None:
         self.directory = Path(directory)
         self.schema = schema
@@ -177,9 +170,7 @@ class ShardWriter:
         while lo < n:
             if self._current is None:
                 path = self.directory / SHARD_PATTERN.format(self.shards)
-                self._current = ShardFile(
-                    path, self.schema, compression_level=self.compression_level
-                )
+                self._current = ShardFile(path, self.schema, compression_level=self.compression_level)
             take = min(n - lo, self.shard_rows - self._current.rows)
             self._current.write({k: v[lo : lo + take] for k, v in columns.items()})
             lo += take

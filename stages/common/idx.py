@@ -29,9 +29,8 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
         raise StageError(path, "not an IDX file (bad magic number)")
     if raw[2] != UBYTE or raw[3] != ndim:
         raise StageError(
-            path,
-            f"expected unsigned bytes in {ndim} dimensions, header says type 0x{raw[2]:02x} "
-            f"in {raw[3]} dimensions (magic {int.from_bytes(raw[:4], 'big')})",
+            path, f"expected unsigned bytes in {ndim} dimensions, header says type 0x{raw[2]:02x} "
+            f"in {raw[3]} dimensions (magic {int.from_bytes(raw[:4], 'big')})"
         )
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -40,9 +39,8 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
         raise StageError(
-            path,
-            f"header promises shape {shape} ({expected} bytes) but the file has {len(raw)} "
-            "bytes (truncated or wrong file)",
+            path, f"header promises shape {shape} ({expected} bytes) but the file has {len(raw)} "
+            "bytes (truncated or wrong file)"
         )
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 

@@ -54,9 +54,7 @@ def from_mapping(cls: type[T], data: Any, where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise StageError(
-            f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(fields))})"
-        )
+        raise StageError(f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(fields))})")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, field in fields.items():
@@ -97,10 +95,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return float(value)
     if hint is Path and isinstance(value, str):
         return Path(value)
-    if (
-        isinstance(hint, type)
-        and isinstance(value, hint)
-        and not (hint is int and isinstance(value, bool))
+    if isinstance(hint, type) and isinstance(value, hint) and not (
+        hint is int and isinstance(value, bool)
     ):
         return value
     raise StageError(where, f"expected {_name(hint)}, got {value!r}")
