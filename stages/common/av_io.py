@@ -151,7 +151,7 @@ def write_video(
         video = container.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.codec_context.thread_count = 1
-        video.options = {"crf": str(crf), "preset": "veryfast"}
+        video.options = {"crf": str(crf), "preset": "ultrafast"}  # 2x faster, files still small
         sound = None
         if audio is not None:
             layout = {1: "mono", 2: "stereo"}[audio.shape[1]]
