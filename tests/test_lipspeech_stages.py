@@ -75,6 +75,11 @@ def test_outputs_fit_together(built: Path):
     np.testing.assert_allclose(pairs["lip"][row], (1 - w) * feats[k] + w * feats[k + 1], atol=1e-5)
     metrics = json.loads((built / "reports/lipspeech/mcep.json").read_text())
     assert metrics["check_against_pysptk"]["mcd_db_max"] <= 0.05
+    # The lips predict the speech: even a linear map beats ignoring them.
+    baselines = json.loads((built / "reports/lipspeech/pairs.json").read_text())[
+        "lip_to_mcep_baselines"
+    ]
+    assert baselines["test_mcd_db_linear"] < baselines["test_mcd_db_train_mean"] - 1.0
     transform = LipTransform.load(built / "data/lipspeech/lip_transform.npz")
     first = lip["utterance"] == lip["utterance"][0]
     assert transform.rebuild(lip["features"][first][:2], lip["utterance"][0]).shape == (2, 55, 55)
