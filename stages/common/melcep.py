@@ -130,7 +130,10 @@ def mcep(
     """Mel-cepstra (B, order+1) of windowed frames (B, nfft), as `pysptk.sptk.mcep` per frame.
 
     Frames whose periodogram has a zero (digital silence with etype 0) raise ValueError naming
-    them: floor it with etype 1 or 2. Results never contain NaN.
+    them: floor it with etype 1 or 2. Results never contain NaN. `min_det` bounds the Cholesky
+    pivots of the Newton matrix (SPTK applies it to the 2x2 determinants inside its `theq`);
+    a frame below it raises ValueError, as SPTK stops. Like SPTK, a frame still changing after
+    `maxiter` steps returns its last iterate.
     """
     frames = np.atleast_2d(np.asarray(frames, np.float64))
     ops = operators(order, float(alpha), frames.shape[-1])
