@@ -29,7 +29,7 @@ def entries(stage: dict, key: str) -> dict[str, dict]:
     """A dvc.yaml list of paths or {path: options} as {path: options}."""
     out = {}
     for item in stage.get(key, []):
-        out.update(item if isinstance(item, dict) else {item: {}})
+        out.update({k: v or {} for k, v in item.items()} if isinstance(item, dict) else {item: {}})
     return out
 
 
