@@ -21,9 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stages import lipspeech_talker as talker  # noqa: E402
-from stages.common.av_io import read_gray_frames, write_video  # noqa: E402
+from stages.common.media import read_gray_frames, write_media  # noqa: E402
 from stages.common.seeding import rng  # noqa: E402
 from stages.lip_transform import dct2, fit_pca, zigzag  # noqa: E402
+from stages.lipspeech_sample import GOP  # noqa: E402
 
 BOX = (333, 253, 55, 55)
 OUT = ROOT / "benchmarks/out/lip"
@@ -38,7 +39,7 @@ def make_videos(count: int) -> list[Path]:
             generator = rng(2026, "benchmark-lip", i)
             utt = talker.random_utterance(generator, 3.5, 4.0)
             frames = talker.render_frames(utt, generator, 1.5, int(utt.duration * 29.97))
-            write_video(path, frames, (talker.WIDTH, talker.HEIGHT), talker.FPS)
+            write_media(path, frames, talker.FPS, crf=18, preset="ultrafast", gop=GOP)
         paths.append(path)
     return paths
 
@@ -65,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     paths = make_videos(args.videos)
     with threadpool_limits(1):
-        ours_s, rois = timed(lambda p: read_gray_frames(p, BOX)[0], paths)
+        ours_s, rois = timed(lambda p: read_gray_frames(p, BOX), paths)
         decord_s, decord_rois = timed(read_decord, paths)
         frames = sum(len(r) for r in rois)
         all_rois = np.concatenate(rois)
@@ -79,7 +80,7 @@ def main() -> None:
     print(f"{frames} frames of 720x480 H.264 in {len(paths)} videos; one core")
     print(f"{'step':<44}{'frames/s':>10}")
     print(f"{'decode + grey ROI, decord (reference)':<44}{frames / decord_s:>10.0f}")
-    print(f"{'decode + grey ROI, PyAV (stages.common.av_io)':<44}{frames / ours_s:>10.0f}")
+    print(f"{'decode + grey ROI, PyAV (stages.common.media)':<44}{frames / ours_s:>10.0f}")
     print(f"{'DCT + 100 coefficients + PCA fit/project':<44}{frames / features_s:>10.0f}")
     total = ours_s + features_s
     print(f"{'lip features, decode included':<44}{frames / total:>10.0f}")

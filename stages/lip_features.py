@@ -25,10 +25,10 @@ import pyarrow as pa
 from stages import lipspeech_corpus as corpus
 from stages.common import dataset
 from stages.common.atomic import atomic_dir, write_json
-from stages.common.av_io import probe, read_gray_frames
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
 from stages.common.images import save_grid
+from stages.common.media import probe, read_gray_frames
 from stages.common.workers import worker_count
 from stages.lip_transform import LipTransform, dct2, fit_pca, select_coefficients
 
@@ -100,16 +100,15 @@ class Clip:
 def read_clip(job: tuple[corpus.Entry, Roi]) -> Clip:
     """Decode one utterance's lip box, checking the box and the length against the table."""
     entry, roi = job
-    info = probe(entry.path)
-    if roi.x + roi.width > info.width or roi.y + roi.height > info.height:
+    video = probe(entry.path).video  # fails naming the file: unreadable, truncated, no frames
+    if roi.x + roi.width > video.width or roi.y + roi.height > video.height:
         raise StageError(
             entry.path,
             f"ROI x={roi.x} y={roi.y} {roi.width}x{roi.height} lies outside the "
-            f"{info.width}x{info.height} frame",
+            f"{video.width}x{video.height} frame",
         )
-    rois, fps = read_gray_frames(entry.path, (roi.x, roi.y, roi.width, roi.height))
-    if not fps > 0:
-        raise StageError(entry.path, "video has no frame rate")
+    rois = read_gray_frames(entry.path, (roi.x, roi.y, roi.width, roi.height))
+    fps = video.fps
     # A frame starting before the end of the utterance must exist (one frame of slack).
     if len(rois) < int(entry.duration * fps) - 1:
         raise StageError(

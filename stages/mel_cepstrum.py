@@ -27,12 +27,12 @@ from threadpoolctl import threadpool_limits
 from stages import lipspeech_corpus as corpus
 from stages.common import dataset, melcep
 from stages.common.atomic import atomic_dir, write_json
-from stages.common.av_io import read_audio
 from stages.common.cli import run_stage
 from stages.common.colormap import spectrogram_image
 from stages.common.errors import StageError
 from stages.common.images import save_grid
 from stages.common.mcd import mcd_frames
+from stages.common.media import AudioReader
 from stages.common.workers import worker_count
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,12 @@ def mcep_schema(a: Analysis) -> dataset.SampleSchema:
         ),
         metadata={"analysis": a.__dict__},
     )
+
+
+def read_audio(path: Path) -> tuple[np.ndarray, int]:
+    """The whole audio track as float32 (samples, channels) at its own rate, and that rate."""
+    with AudioReader(path) as reader:
+        return reader.track().T, reader.rate
 
 
 def speech_at(samples: np.ndarray, rate: int, target: int, path: Path) -> np.ndarray:

@@ -110,6 +110,12 @@ def pyav_frames(path: Path, size: int) -> list[np.ndarray]:
         ]
 
 
+def pyav_gray(path: Path) -> list[np.ndarray]:
+    """Every frame converted to grey by FFmpeg (swscale): the reference for the grey reader."""
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+
+
 def pyav_audio(path: Path) -> tuple[np.ndarray, int]:
     """The whole track decoded by PyAV, mono, and its rate: the reference for clip audio."""
     with av.open(str(path)) as container:

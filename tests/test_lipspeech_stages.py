@@ -12,8 +12,8 @@ import pytest
 from stages import lip_features, lipspeech_pairs, lipspeech_sample, mel_cepstrum
 from stages import lipspeech_talker as talker
 from stages.common import dataset
-from stages.common.av_io import read_audio, write_video
 from stages.common.errors import StageError
+from stages.common.media import AudioReader, write_media
 from stages.common.seeding import rng
 from stages.lip_transform import LipTransform
 
@@ -25,6 +25,13 @@ LIP = lip_features.Params(
     pca=lip_features.Pca(components=6),
     workers=1,
 )
+# Encoded as the corpus stage encodes its videos.
+ENCODING = {
+    "crf": 18,
+    "preset": "ultrafast",
+    "gop": lipspeech_sample.GOP,
+    "audio_bitrate": lipspeech_sample.AUDIO_BITRATE,
+}
 MCEP = mel_cepstrum.Params(
     corpus=mel_cepstrum.Corpus(), analysis=mel_cepstrum.Analysis(), check_frames=30, workers=1
 )
@@ -113,16 +120,16 @@ def talker_video(
     speech = talker.synthesize(utt, generator)
     video = talker.render_frames(utt, generator, 1.0, frames or int(utt.duration * 29.97))
     if audio == "none":
-        write_video(path, video, (720, 480), talker.FPS)
+        write_media(path, video, talker.FPS, **ENCODING)
     elif audio == "stereo44":
         import soxr
 
         resampled = soxr.resample(speech, 48000, 44100).astype(np.float32)
-        write_video(
-            path, video, (720, 480), talker.FPS, np.stack([resampled, 0.5 * resampled], 1), 44100
+        write_media(
+            path, video, talker.FPS, np.stack([resampled, 0.5 * resampled]), 44100, **ENCODING
         )
     else:
-        write_video(path, video, (720, 480), talker.FPS, speech[:, None], 48000)
+        write_media(path, video, talker.FPS, speech[None], 48000, **ENCODING)
 
 
 def corpus(root: Path, rows: list[tuple[str, str, float]]) -> Path:
@@ -212,4 +219,5 @@ def test_stereo_44k_input_gives_the_same_frames_as_mono_48k(media):
     assert len(speech) > 40
     by_shift = [mcd(stereo.mcep[speech + s], mono.mcep[speech]) for s in (-3, 0, 3)]
     assert by_shift[1] < 2.0 and by_shift[1] < min(by_shift[0], by_shift[2])
-    assert read_audio(media / "stereo44.mp4")[0].shape[1] == 2
+    with AudioReader(media / "stereo44.mp4") as reader:
+        assert reader.track().shape[0] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -12,13 +13,21 @@ from media_samples import (
     pattern_frame,
     pyav_audio,
     pyav_frames,
+    pyav_gray,
     remux_faststart,
     truncate,
     write_pattern,
 )
 
 from stages.common.errors import StageError
-from stages.common.media import AudioReader, FrameReader, probe, sample_times, write_media
+from stages.common.media import (
+    AudioReader,
+    FrameReader,
+    probe,
+    read_gray_frames,
+    sample_times,
+    write_media,
+)
 
 CLICKS = (1.5, 3.25)
 
@@ -90,6 +99,44 @@ def test_audio_agrees_with_resampling_the_whole_track(recording):
             assert np.mean(diff > 2e-3) < 0.01 and diff.max() < 0.2
 
 
+def test_gray_frames_are_ffmpegs_grey_cropped(recording):
+    path, fps, (width, height) = recording
+    reference = np.stack(pyav_gray(path))
+    box = (width // 4, height // 3, width // 2, height // 4)
+    x, y, w, h = box
+    rois = read_gray_frames(path, box)
+    assert rois.shape == (4 * fps, h, w) and rois.dtype == np.uint8
+    np.testing.assert_array_equal(rois, reference[:, y : y + h, x : x + w])
+    np.testing.assert_array_equal(read_gray_frames(path), reference)
+
+
+def test_track_is_the_whole_track_as_decoded(recording):
+    path, _, _ = recording
+    whole, rate = pyav_audio(path)
+    with AudioReader(path) as reader:
+        track = reader.track()
+        assert reader.rate == rate == 48000
+    assert track.shape == (2, len(whole)) and track.dtype == np.float32
+    np.testing.assert_array_equal(track.mean(axis=0), whole)
+    # The two channels are different sines (440 and 660 Hz) with the same clicks.
+    loud = np.flatnonzero(np.abs(track[1]) > 0.6)
+    onsets = loud[np.diff(loud, prepend=-1000) > 1000] / rate
+    assert onsets == pytest.approx(CLICKS, abs=0.002)
+
+
+def test_write_media_takes_fractional_rates_and_mono(tmp_path):
+    frames = [pattern_frame(i, 48, 64) for i in range(60)]
+    audio = np.sin(np.linspace(0, 3000, 2 * 44100))[None].astype(np.float32)
+    path = tmp_path / "ntsc.mp4"
+    write_media(path, iter(frames), Fraction(30000, 1001), audio, 44100, audio_bitrate=96_000)
+    info = probe(path)
+    assert info.video.fps == pytest.approx(30000 / 1001) and info.video.frames == 60
+    assert (info.audio.rate, info.audio.channels) == (44100, 1)
+    assert [frame_index(f) for f in FrameReader(path).frames_at(np.arange(60) * 1.001 / 30)] == (
+        list(range(60))
+    )
+
+
 def test_write_media_is_deterministic(tmp_path):
     frames = [pattern_frame(i, 48, 64) for i in range(30)]
     audio = np.sin(np.linspace(0, 300, 48000))[None].astype(np.float32)
@@ -115,6 +162,9 @@ def test_truncated_mp4_is_an_error_naming_the_file(good_mp4, tmp_path):
     assert info.value.where == str(broken)
     with pytest.raises(StageError, match="cannot be decoded"):
         FrameReader(broken, (32, 32))
+    with pytest.raises(StageError, match="cannot be decoded") as info:
+        read_gray_frames(broken)
+    assert info.value.where == str(broken)
 
 
 def test_truncated_streaming_mp4_is_reported_as_truncated(good_mp4, tmp_path):
@@ -131,6 +181,8 @@ def test_recording_without_audio(tmp_path):
     assert probe(silent).audio is None
     with pytest.raises(StageError, match="no audio track"):
         AudioReader(silent)
+    with pytest.raises(StageError, match="recording not found"):
+        read_gray_frames(tmp_path / "missing.mp4")
 
 
 def test_mpeg_ts_is_refused_with_advice(tmp_path):
