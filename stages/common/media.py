@@ -451,17 +451,24 @@ def write_media(
                 encoded = _encode_audio(container, sound, audio, audio_rate, encoded, (i + 1) / fps)
         container.mux(video.encode())
         if sound is not None:
-            _encode_audio(container, sound, audio, audio_rate, encoded, audio.shape[1] / audio_rate)
+            _encode_audio(container, sound, audio, audio_rate, encoded, None)
             container.mux(sound.encode())
 
 
-def _encode_audio(container, stream, audio: np.ndarray, rate: int, done: int, until: float) -> int:
-    """Encode whole codec frames of audio up to time `until` (all that is left at the end)."""
+def _encode_audio(
+    container, stream, audio: np.ndarray, rate: int, done: int, until: float | None
+) -> int:
+    """Encode whole codec frames of audio up to time `until`; None (at the end): all that is left.
+
+    The end is a sentinel, not the track's duration: n / rate * rate can round below n, which
+    would drop the last partial frame.
+    """
     layout = stream.codec_context.layout.name
     block = stream.codec_context.frame_size or 1024  # AAC 1024, Opus 960
-    stop = min(audio.shape[1], done + max(int(until * rate) - done, 0) // block * block)
-    if until * rate >= audio.shape[1]:
+    if until is None or until * rate >= audio.shape[1]:
         stop = audio.shape[1]
+    else:
+        stop = min(audio.shape[1], done + max(int(until * rate) - done, 0) // block * block)
     for lo in range(done, stop, block):
         frame = av.AudioFrame.from_ndarray(
             np.ascontiguousarray(audio[:, lo : min(lo + block, stop)]), format="fltp", layout=layout
