@@ -106,11 +106,15 @@ def speech_at(samples: np.ndarray, rate: int, target: int, path: Path) -> np.nda
     return mono if rate == target else soxr.resample(mono, rate, target, quality="VHQ")
 
 
+def frames_of(signal: np.ndarray, a: Analysis) -> np.ndarray:
+    """The windowed, zero-padded analysis frames (T, nfft) of a mono signal at a.sample_rate."""
+    return melcep.frame_signal(signal, a.frame_length, a.hop, a.nfft, a.window)
+
+
 def analyse(signal: np.ndarray, a: Analysis) -> np.ndarray:
     """Mel-cepstra (T, order+1) of a mono signal at a.sample_rate."""
-    frames = melcep.frame_signal(signal, a.frame_length, a.hop, a.nfft, a.window)
     return melcep.mcep(
-        frames,
+        frames_of(signal, a),
         a.order,
         a.alpha,
         miniter=a.miniter,
@@ -167,13 +171,7 @@ def check_against_pysptk(results: list[Result], a: Analysis, count: int) -> dict
         offset += len(r.mcep)
         if local:
             samples, rate = read_audio(r.entry.path)
-            frames = melcep.frame_signal(
-                speech_at(samples, rate, a.sample_rate, r.entry.path),
-                a.frame_length,
-                a.hop,
-                a.nfft,
-                a.window,
-            )
+            frames = frames_of(speech_at(samples, rate, a.sample_rate, r.entry.path), a)
             for k in local:
                 reference = pysptk.sptk.mcep(
                     frames[k],
@@ -201,13 +199,7 @@ def check_against_pysptk(results: list[Result], a: Analysis, count: int) -> dict
 def preview(path: Path, result: Result, a: Analysis) -> None:
     """Spectrogram (dB) of one utterance beside the spectrum its mel-cepstra describe."""
     samples, rate = read_audio(result.entry.path)
-    frames = melcep.frame_signal(
-        speech_at(samples, rate, a.sample_rate, result.entry.path),
-        a.frame_length,
-        a.hop,
-        a.nfft,
-        a.window,
-    )
+    frames = frames_of(speech_at(samples, rate, a.sample_rate, result.entry.path), a)
     measured = 10 * np.log10(melcep.periodogram(frames, a.etype, a.eps))
     rebuilt = 20 / np.log(10) * melcep.log_amplitude(result.mcep, a.alpha, a.nfft)
     top = measured.max()
