@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +29,7 @@ from stages.common.lineage import (
     overlaps,
     param_rows,
 )
+from tests.dvc_toy import build_toy, dvc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,78 +135,10 @@ def test_repo_lineage_stage_depends_on_every_metrics_file() -> None:
 
 # --- a real DVC project ----------------------------------------------------------------------
 
-STEP = """\
-import json, pathlib, sys
-kind = sys.argv[1]
-p = pathlib.Path
-p("data").mkdir(exist_ok=True)
-p("reports").mkdir(exist_ok=True)
-if kind == "prep":
-    p("data/prep.txt").write_text(p("raw/a.txt").read_text() * 2)
-elif kind == "train":
-    n = len(p("data/prep.txt").read_text())
-    p("reports/train.json").write_text(json.dumps({"bytes": n, "nested": {"acc": 0.5}}))
-else:
-    p("reports/other.json").write_text(json.dumps({"files": len(list(p("raw/dir").iterdir()))}))
-"""
-
-DVC_YAML = """\
-stages:
-  prep:
-    cmd: python step.py prep
-    deps: [step.py, raw/a.txt]
-    params: [base, prep]
-    outs: [data/prep.txt]
-  train:
-    cmd: python step.py train
-    deps: [step.py, data/prep.txt]
-    params: [train.lr]
-    metrics:
-      - reports/train.json: {cache: false}
-  other:
-    cmd: python step.py other
-    deps: [step.py, raw/dir]
-    metrics:
-      - reports/other.json: {cache: false}
-  lineage:
-    cmd: python -m stages.lineage report
-    deps: [reports/train.json, reports/other.json]
-    outs:
-      - reports/lineage.md: {cache: false}
-"""
-
-
-def run(cwd: Path, *cmd: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # so the project's stages find `stages`
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"{cmd}: {done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def dvc(cwd: Path, *args: str) -> str:
-    return run(cwd, sys.executable, "-m", "dvc", *args)
-
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A toy project: prep -> train (metric), other (metric), lineage; reproduced and committed."""
-    root = tmp_path_factory.mktemp("toy")
-    (root / "raw/dir").mkdir(parents=True)
-    (root / "raw/a.txt").write_text("1 2 3\n")
-    (root / "raw/dir/x").write_text("x\n")
-    (root / "raw/dir/y").write_text("y\n")
-    (root / "step.py").write_text(STEP)
-    (root / "params.yaml").write_text("base:\n  seed: 1\nprep:\n  scale: 2\ntrain:\n  lr: 0.1\n")
-    (root / "dvc.yaml").write_text(DVC_YAML)
-    (root / ".gitignore").write_text("/data/\n")
-    run(root, "git", "init", "-q")
-    dvc(root, "init", "-q")
-    dvc(root, "config", "core.analytics", "false")
-    dvc(root, "repro", "-q")
-    git = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
-    run(root, "git", "add", "-A")
-    run(root, *git, "commit", "-qm", "toy pipeline")
-    return root
+    return build_toy(tmp_path_factory.mktemp("toy"))
 
 
 @pytest.fixture
