@@ -93,7 +93,9 @@ def workspace_writer(workspace: str | Path) -> Iterator[None]:
 
 @task(retries=2, retry_delay_seconds=15)
 def dvc_status(workspace: str, targets: Sequence[str]) -> dict[str, Any]:
-    done = dvc_cli.dvc(workspace, "status", "--json", *targets)
+    # --with-deps: `dvc repro TARGET` re-runs stale upstream stages too, so look at them as well
+    with_deps = ["--with-deps", *targets] if targets else []
+    done = dvc_cli.dvc(workspace, "status", "--json", *with_deps)
     if not done.ok:
         raise RuntimeError(f"dvc status failed:\n{done.tail()}")
     return dvc_cli.parse_status(done.output)

@@ -210,7 +210,27 @@ def wait_until(
 # --- commands --------------------------------------------------------------------------------
 
 
+def check_sqlalchemy(config: Config) -> None:
+    """Refuse to start a server whose scheduler would fail on every loop and never run anything.
+
+    prefect 3.8.8's scheduler bulk-inserts flow runs with its `state` hybrid property, which
+    SQLAlchemy 2.1 rejects ("Can't evaluate bulk DML statement"); SQLAlchemy 2.0.x works.
+    """
+    probe = "import sqlalchemy; print(sqlalchemy.__version__)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=environment(config), capture_output=True, text=True
+    )
+    version = done.stdout.strip()
+    if tuple(int(p) for p in version.split(".")[:2]) >= (2, 1):
+        raise StageError(
+            f"SQLAlchemy {version}",
+            "prefect 3.8.8's scheduler cannot create scheduled runs with SQLAlchemy >= 2.1 "
+            "(pin SQLAlchemy==2.0.44: pip install SQLAlchemy==2.0.44)",
+        )
+
+
 def start(config: Config) -> None:
+    check_sqlalchemy(config)
     config.home.mkdir(parents=True, exist_ok=True)
     (config.home / ".gitignore").write_text("*\n")  # the database and logs stay out of Git
     if any(running(config, n) for n in PROCESSES):
@@ -236,7 +256,10 @@ def start(config: Config) -> None:
     for d in config.deployments:
         when = f"cron '{d.cron}' {d.timezone}" if d.cron else f"every {d.interval:g} s"
         print(f"deployment {d.flow}/{d.name}: {when}")
-    print(f"logs and database in {config.home}; stop with: python -m flows.scheduler stop")
+    stop_cmd = "python -m flows.scheduler stop"
+    if config.file != CONFIG:
+        stop_cmd += f" --config {config.file}"
+    print(f"logs and database in {config.home}; stop with: {stop_cmd}")
 
 
 def deployments_ready(config: Config) -> bool:
