@@ -62,14 +62,6 @@ class Deployment:
 
 
 @dataclass(frozen=True)
-class ScheduleFile:
-    """The schema of flows/schedule.yaml."""
-
-    server: Server
-    deployments: tuple[Deployment, ...]
-
-
-@dataclass(frozen=True)
 class Config:
     file: Path
     root: Path  # what relative paths in the file are relative to
@@ -86,14 +78,23 @@ class Config:
 
 
 def load_config(path: Path, root: Path = REPO) -> Config:
-    parsed = from_mapping(ScheduleFile, load_yaml(path), str(path))
-    config = Config(path.resolve(), root, parsed.server, parsed.deployments)
-    for i, d in enumerate(config.deployments):
+    raw = load_yaml(path)
+    unknown = sorted(set(raw) - {"server", "deployments"})
+    if unknown:
+        raise StageError(f"{path}: {unknown[0]}", "unknown key (known: deployments, server)")
+    if not isinstance(raw.get("deployments"), list):
+        raise StageError(f"{path}: deployments", "expected a list of deployments")
+    server = from_mapping(Server, raw.get("server") or {}, f"{path}: server")
+    deployments = []
+    for i, item in enumerate(raw["deployments"]):
+        where = f"{path}: deployments[{i}]"
+        d = from_mapping(Deployment, item, where)
         if (d.cron is None) == (d.interval is None):
-            raise StageError(f"{path}: deployments[{i}]", "give exactly one of cron and interval")
+            raise StageError(where, "give exactly one of cron and interval")
         if d.commit and d.flow != "retrain":
-            raise StageError(f"{path}: deployments[{i}].commit", "only the retrain flow commits")
-    return config
+            raise StageError(f"{where}.commit", "only the retrain flow commits")
+        deployments.append(d)
+    return Config(path.resolve(), root, server, tuple(deployments))
 
 
 def environment(config: Config) -> dict[str, str]:
