@@ -135,6 +135,7 @@ def artifacts(key: str) -> list[object]:
         )
 
 
+@pytest.mark.slow
 def test_reproduce_runs_stale_stages_and_publishes_artifacts(harness: None, stale: Path) -> None:
     summary = reproduce(workspace=str(stale))
     assert summary["stale"].keys() == {"prep"}
@@ -154,6 +155,7 @@ def test_reproduce_runs_stale_stages_and_publishes_artifacts(harness: None, stal
     assert (stale / "dvc.lock").read_bytes() == lock
 
 
+@pytest.mark.slow
 def test_overlapping_runs_take_turns(harness: None, stale: Path) -> None:
     results: list[dict] = []
     runs = [threading.Thread(target=lambda: results.append(reproduce(str(stale)))) for _ in "ab"]
@@ -166,6 +168,7 @@ def test_overlapping_runs_take_turns(harness: None, stale: Path) -> None:
     assert sorted(len(r["ran"]) for r in results) == [0, 3]
 
 
+@pytest.mark.slow
 def test_stage_error_fails_the_flow_once_with_the_failure_in_the_artifact(
     harness: None, stale: Path
 ) -> None:
@@ -184,6 +187,7 @@ def test_stage_error_fails_the_flow_once_with_the_failure_in_the_artifact(
     assert [t.run_count for t in repro] == [1]  # a StageError is not retried
 
 
+@pytest.mark.slow
 def test_retrain_commits_lock_and_metrics_naming_the_run(harness: None, stale: Path) -> None:
     (stale / "notes.txt").write_text("staged by the user, not part of the retraining\n")
     git(stale, "add", "notes.txt")
@@ -201,6 +205,7 @@ def test_retrain_commits_lock_and_metrics_naming_the_run(harness: None, stale: P
     assert "reports/train.json" in str(table.data)
 
 
+@pytest.mark.slow
 def test_retrain_without_the_flag_leaves_git_alone(harness: None, stale: Path) -> None:
     before = git(stale, "rev-parse", "HEAD")
     result = retrain(workspace=str(stale), targets=["train"])
