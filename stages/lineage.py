@@ -30,6 +30,7 @@ from typing import Any
 from stages.common.atomic import atomic_file
 from stages.common.errors import StageError
 from stages.common.lineage import (
+    Entry,
     Pipeline,
     chain,
     find_metric,
@@ -50,11 +51,11 @@ EXIT_STALE, EXIT_STAGE_ERROR = 1, 2
 def stage_dict(pipeline: Pipeline, name: str) -> dict[str, Any]:
     record = pipeline.stages[name]
 
-    def entry(e: Any, kind: str) -> dict[str, Any]:
+    def entry(e: Entry, kind: str) -> dict[str, Any]:
         made_by = [p for p in producers(pipeline, e.path) if p != name] if kind == "dep" else []
         return {
             "path": e.path, "md5": e.md5, "size": e.size, "nfiles": e.nfiles,
-            "status": e.status, "from": made_by[0] if made_by else None,
+            "status": e.status, "from": ", ".join(made_by) or None,
         }  # fmt: skip
 
     return {
@@ -291,7 +292,7 @@ def write_report(root: Path, out: Path) -> dict[str, Any]:
     return report
 
 
-def answer(args: argparse.Namespace) -> dict[str, Any]:
+def run_command(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "report":
         return write_report(args.root, args.out)
     pipeline = load_pipeline(args.root)
@@ -327,7 +328,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        result = answer(args)
+        result = run_command(args)
     except StageError as exc:
         if args.traceback or os.environ.get("STAGES_TRACEBACK") == "1":
             raise
