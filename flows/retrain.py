@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 
 from flows import dvc_cli
 from flows.reproduce import RunSummary, run_locked, slug, workspace_writer
-from stages.common.lineage import load_pipeline
+from stages.common.lineage import load_pipeline, porcelain_paths
 
 LINEAGE_REPORT = "reports/lineage.md"
 
@@ -59,7 +59,7 @@ def changed_paths(workspace: str, paths: list[str]) -> list[str]:
     )
     if not done.ok:
         raise RuntimeError(f"git status failed:\n{done.tail()}")
-    return sorted({entry[3:] for entry in done.output.split("\0") if len(entry) > 3})
+    return sorted(porcelain_paths(done.output))
 
 
 @task

@@ -12,6 +12,12 @@ from types import SimpleNamespace
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from prefect.settings import PREFECT_HOME, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
@@ -128,8 +134,6 @@ def stale(built: Path, tmp_path: Path) -> Path:
 
 def artifacts(key: str) -> list[object]:
     with get_client(sync_client=True) as client:
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
         return client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
         )
@@ -180,8 +184,6 @@ def test_stage_error_fails_the_flow_once_with_the_failure_in_the_artifact(
     (markdown,) = artifacts(f"dvc-repro-{slug(stale)}")
     assert "FAILED" in markdown.data and "exited with 2" in markdown.data
     with get_client(sync_client=True) as client:
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
         flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         repro = [t for t in client.read_task_runs(flow_run_filter=flow_run) if "repro" in t.name]
     assert [t.run_count for t in repro] == [1]  # a StageError is not retried

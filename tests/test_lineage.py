@@ -28,6 +28,7 @@ from stages.common.lineage import (
     metrics_depending_on,
     overlaps,
     param_rows,
+    porcelain_paths,
 )
 from tests.dvc_toy import build_toy, dvc
 
@@ -108,6 +109,11 @@ def test_param_rows_compare_lock_with_file() -> None:
         ("s.c", 3, PARAM_DELETED),
         ("s.n", 0, PARAM_NEW),
     ]
+
+
+def test_porcelain_paths_skip_the_old_name_of_a_rename() -> None:
+    status = " M dvc.lock\0R  new.json\0old.json\0?? reports/x.json\0"
+    assert porcelain_paths(status) == {"dvc.lock", "new.json", "reports/x.json"}
 
 
 def test_changes_name_each_difference() -> None:
@@ -194,6 +200,19 @@ def test_changed_input_is_flagged_stale_like_dvc_status(project: Path) -> None:
     # the CLI says so too, and --fail-stale turns it into an exit status
     args = ["--root", str(project), "file", "reports/train.json", "--fail-stale"]
     assert lineage.main(args) == lineage.EXIT_STALE
+
+
+def test_report_of_a_stale_pipeline_says_so_per_metric(project: Path) -> None:
+    (project / "raw/dir/z").write_text("new recording\n")
+    report = lineage.write_report(project, Path("reports/lineage.md"))
+    assert not report["current"]
+    assert {m["metrics_file"]: m["current"] for m in report["metrics"]} == {
+        "reports/other.json": False,
+        "reports/train.json": True,
+    }
+    text = (project / "reports/lineage.md").read_text()
+    assert "| reports/other.json | other | other | **STALE** |" in text
+    assert "**STALE** — dep raw/dir: modified" in text
 
 
 def test_changed_param_and_hand_edited_metric_are_flagged(project: Path) -> None:

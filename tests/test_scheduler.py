@@ -119,16 +119,22 @@ def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> 
         started = scheduler_cli("start")
         assert started.returncode == 0, started.stderr
         assert scheduler_cli("status").returncode == 0
-        deadline, runs, reproduced, completed = time.monotonic() + 300, [], [], []
+        deadline, runs, reproduced, completed = time.monotonic() + 300, [], [], set()
         while time.monotonic() < deadline and not (reproduced and completed):
             time.sleep(3)
             runs = api(port, "flow_runs/filter", {})
-            completed = [r for r in runs if r["state_type"] == "COMPLETED"]
+            completed = {
+                r["id"] for r in runs if r["state_type"] == "COMPLETED" and r["auto_scheduled"]
+            }
             found = api(port, "artifacts/filter", {"artifacts": {"key": {"any_": [key]}}})
-            reproduced = [a for a in found if "stages re-run: prep, train, lineage" in a["data"]]
+            reproduced = [
+                a
+                for a in found
+                if "stages re-run: prep, train, lineage" in a["data"]
+                and a["flow_run_id"] in completed
+            ]
         assert completed, f"no scheduled run finished; states: {[r['state_type'] for r in runs]}"
-        assert reproduced, "no run published the artifact of the reproduction"
-        assert completed[0]["deployment_id"] and completed[0]["auto_scheduled"]
+        assert reproduced, "no scheduled run published the artifact of the reproduction"
     finally:
         stopped = scheduler_cli("stop")
     assert stopped.returncode == 0, stopped.stderr

@@ -321,8 +321,18 @@ def _git_state(repo: Any, paths: list[str]) -> tuple[str | None, tuple[str, ...]
 
     commit = git("rev-parse", "--verify", "--quiet", "HEAD").strip() or None
     status = git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *paths)
-    dirty = sorted({line[3:] for line in status.split("\0") if len(line) > 3})
-    return commit, tuple(dirty)
+    return commit, tuple(sorted(porcelain_paths(status)))
+
+
+def porcelain_paths(status: str) -> set[str]:
+    """Paths in `git status --porcelain=v1 -z` output ("XY path", a rename adds its old path)."""
+    entries, paths = iter(status.split("\0")), set()
+    for entry in entries:
+        if len(entry) > 3:
+            paths.add(entry[3:])
+            if entry[0] in "RC":
+                next(entries, None)  # the path it was renamed or copied from
+    return paths
 
 
 def read_metrics(root: str | Path, files: Iterable[str]) -> dict[str, dict[str, Any]]:
