@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -222,7 +223,7 @@ def check_sqlalchemy(config: Config) -> None:
         [sys.executable, "-c", probe], env=environment(config), capture_output=True, text=True
     )
     version = done.stdout.strip()
-    if tuple(int(p) for p in version.split(".")[:2]) >= (2, 1):
+    if done.returncode == 0 and tuple(int(p) for p in version.split(".")[:2]) >= (2, 1):
         raise StageError(
             f"SQLAlchemy {version}",
             "prefect 3.8.8's scheduler cannot create scheduled runs with SQLAlchemy >= 2.1 "
@@ -264,8 +265,6 @@ def start(config: Config) -> None:
 
 
 def deployments_ready(config: Config) -> bool:
-    import json
-
     request = urllib.request.Request(
         f"{config.api_url}/deployments/filter", data=b"{}", method="POST",
         headers={"Content-Type": "application/json"},
