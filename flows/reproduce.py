@@ -26,6 +26,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
@@ -91,7 +92,8 @@ def workspace_writer(workspace: str | Path) -> Iterator[None]:
         yield
 
 
-@task(retries=2, retry_delay_seconds=15)
+# NO_CACHE on every DVC task: the answer depends on the workspace, not on the arguments
+@task(retries=2, retry_delay_seconds=15, cache_policy=NO_CACHE)
 def dvc_status(workspace: str, targets: Sequence[str]) -> dict[str, Any]:
     # --with-deps: `dvc repro TARGET` re-runs stale upstream stages too, so look at them as well
     with_deps = ["--with-deps", *targets] if targets else []
@@ -101,7 +103,7 @@ def dvc_status(workspace: str, targets: Sequence[str]) -> dict[str, Any]:
     return dvc_cli.parse_status(done.output)
 
 
-@task(retries=2, retry_delay_seconds=30, retry_condition_fn=is_transient)
+@task(retries=2, retry_delay_seconds=30, retry_condition_fn=is_transient, cache_policy=NO_CACHE)
 def dvc_repro(workspace: str, targets: Sequence[str], force: bool) -> list[str]:
     done = dvc_cli.dvc(workspace, "repro", *(["--force"] if force else []), *targets)
     get_run_logger().info("dvc repro output:\n%s", done.tail())
@@ -110,7 +112,7 @@ def dvc_repro(workspace: str, targets: Sequence[str], force: bool) -> list[str]:
     return dvc_cli.stages_run(done.output)
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def dvc_diffs(workspace: str) -> tuple[str, str]:
     """`dvc metrics diff --md` and `dvc params diff --md` against the last commit."""
     if not dvc_cli.has_commit(workspace):

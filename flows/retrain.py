@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows import dvc_cli
@@ -27,7 +28,7 @@ from stages.common.lineage import load_pipeline, porcelain_paths
 LINEAGE_REPORT = "reports/lineage.md"
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def compare_metrics(workspace: str) -> list[dict[str, Any]]:
     """Every metric, last commit against workspace (`--all`: unchanged ones too)."""
     if not dvc_cli.has_commit(workspace):
@@ -62,7 +63,7 @@ def changed_paths(workspace: str, paths: list[str]) -> list[str]:
     return sorted(porcelain_paths(done.output))
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def commit_results(workspace: str, message: str) -> str | None:
     """Commit dvc.lock, metrics files and the lineage report if they changed; the new commit."""
     pipeline = load_pipeline(workspace, git=False)
