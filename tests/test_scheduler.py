@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -98,6 +99,28 @@ def our_processes(home: Path) -> list[int]:
     return found
 
 
+def listening_addresses(pids: list[int]) -> set[str]:
+    """Local addresses (hex, as in /proc/net/tcp*) of the TCP sockets `pids` listen on."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.add(fields[1].rsplit(":", 1)[0])
+    return found
+
+
+LOOPBACK = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1 and ::1
+
+
 @pytest.mark.slow
 def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> None:
     workspace = build_toy(tmp_path / "toy")
@@ -119,6 +142,8 @@ def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> 
         started = scheduler_cli("start")
         assert started.returncode == 0, started.stderr
         assert scheduler_cli("status").returncode == 0
+        listening = listening_addresses(our_processes(home))
+        assert listening and listening <= LOOPBACK, f"listening beyond localhost: {listening}"
         deadline, runs, reproduced, completed = time.monotonic() + 300, [], [], set()
         while time.monotonic() < deadline and not (reproduced and completed):
             time.sleep(3)
