@@ -34,3 +34,15 @@ lock:
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Scheduled reruns (docs/orchestration.md): a Prefect server on localhost plus the deployments of
+# flows/schedule.yaml, in the background; logs and database in .prefect/.
+.PHONY: scheduler-start scheduler-stop scheduler-status
+scheduler-start: $(STAMP)
+	$(VENV)/bin/python -m flows.scheduler start
+
+scheduler-stop: $(STAMP)
+	$(VENV)/bin/python -m flows.scheduler stop
+
+scheduler-status: $(STAMP)
+	$(VENV)/bin/python -m flows.scheduler status

@@ -1,0 +1,1 @@
+"""Prefect flows that drive the DVC pipeline: scheduled reruns, retraining, feature builds."""

@@ -1,0 +1,169 @@
+"""The scheduler: its config, and one end-to-end run of `prefect server start` and served flow."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from flows import scheduler
+from flows.reproduce import slug
+from stages.common.errors import StageError
+from tests.dvc_toy import ROOT, build_toy, dvc
+
+CONFIG = """\
+server:
+  host: 127.0.0.1
+  port: {port}
+  home: {home}
+  start_timeout_s: 240
+deployments:
+  - flow: reproduce
+    name: every-few-seconds
+    interval: 30
+    workspace: {workspace}
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_repo_config_is_valid_and_localhost_only() -> None:
+    config = scheduler.load_config(scheduler.CONFIG)
+    assert config.server.host == "127.0.0.1"
+    assert {d.flow for d in config.deployments} == {"reproduce", "retrain"}
+    assert all(d.cron and d.interval is None for d in config.deployments)
+    env = scheduler.environment(config)
+    assert env["PREFECT_API_URL"] == f"http://127.0.0.1:{config.server.port}/api"
+    assert env["PREFECT_SERVER_API_HOST"] == "127.0.0.1"
+    assert env["PREFECT_HOME"] == str(ROOT / ".prefect")
+
+
+@pytest.mark.parametrize(
+    ("entry", "where"),
+    [
+        ("- {flow: reproduce, name: x}", "deployments[0]"),  # neither cron nor interval
+        ("- {flow: reproduce, name: x, cron: '0 2 * * *', interval: 5}", "deployments[0]"),
+        ("- {flow: reproduce, name: x, interval: 5, commit: true}", "deployments[0].commit"),
+        ("- {flow: train, name: x, interval: 5}", "deployments[0].flow"),
+        ("- {flow: reproduce, name: x, interval: 5, tagets: [a]}", "deployments[0].tagets"),
+    ],
+)
+def test_bad_config_names_the_entry(tmp_path: Path, entry: str, where: str) -> None:
+    path = write(tmp_path / "s.yaml", f"server: {{}}\ndeployments:\n  {entry}\n")
+    with pytest.raises(StageError) as err:
+        scheduler.load_config(path)
+    assert err.value.where.startswith(f"{path}: {where}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def api(port: int, route: str, body: dict) -> list[dict]:
+    """POST a filter to the server; an empty answer while a busy server is slow to reply."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/{route}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+    except OSError:  # URLError and timeouts; the loop asks again until its deadline
+        return []
+
+
+def our_processes(home: Path) -> list[int]:
+    marker = f"{scheduler.MARKER}={home.resolve()}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def listening_addresses(pids: list[int]) -> set[str]:
+    """Local addresses (hex, as in /proc/net/tcp*) of the TCP sockets `pids` listen on."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.add(fields[1].rsplit(":", 1)[0])
+    return found
+
+
+LOOPBACK = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1 and ::1
+
+
+@pytest.mark.slow
+def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> None:
+    workspace = build_toy(tmp_path / "toy")
+    (workspace / "raw/a.txt").write_text("changed\n")
+    home, port = tmp_path / "prefect", free_port()
+    config = write(tmp_path / "s.yaml", CONFIG.format(port=port, home=home, workspace=workspace))
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",  # schedule within seconds
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    }
+
+    def scheduler_cli(command: str) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-m", "flows.scheduler", command, "--config", str(config)]
+        return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    key = f"dvc-repro-{slug(workspace)}"
+    try:
+        started = scheduler_cli("start")
+        assert started.returncode == 0, started.stderr
+        assert scheduler_cli("status").returncode == 0
+        listening = listening_addresses(our_processes(home))
+        assert listening and listening <= LOOPBACK, f"listening beyond localhost: {listening}"
+        deadline, runs, reproduced, completed = time.monotonic() + 300, [], [], set()
+        while time.monotonic() < deadline and not (reproduced and completed):
+            time.sleep(3)
+            runs = api(port, "flow_runs/filter", {})
+            completed = {
+                r["id"] for r in runs if r["state_type"] == "COMPLETED" and r["auto_scheduled"]
+            }
+            found = api(port, "artifacts/filter", {"artifacts": {"key": {"any_": [key]}}})
+            reproduced = [
+                a
+                for a in found
+                if "stages re-run: prep, train, lineage" in a["data"]
+                and a["flow_run_id"] in completed
+            ]
+        assert completed, f"no scheduled run finished; states: {[r['state_type'] for r in runs]}"
+        assert reproduced, "no scheduled run published the artifact of the reproduction"
+    finally:
+        stopped = scheduler_cli("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert our_processes(home) == []
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the server still listens"
+    assert json.loads(dvc(workspace, "status", "--json") or "{}") == {}
