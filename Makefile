@@ -18,9 +18,9 @@ $(STAMP): requirements.lock pyproject.toml
 repro: $(STAMP)
 	. $(VENV)/bin/activate && dvc repro
 
+# Activated, so that the `python` and `dvc` that tests start as subprocesses are the venv's too.
 test: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest
+	. $(VENV)/bin/activate && ruff check . && python -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
