@@ -1,0 +1,277 @@
+"""ResNet-152 video features at 1 fps, per second and pooled per clip (HowTo100M conventions).
+
+Frames at 1 fps (decord), short side 224 (aspect kept, no crop), /255, ImageNet mean/std, ResNet-152
+global average pool -> 2048-d per second, rows L2-normalised, stored float16. Per clip [s, e]:
+seconds int(s) .. int(e) (inclusive), max-pool, L2-normalise; an empty span is zeros, flagged.
+The frame pipeline (decode workers, cross-video batches, bf16 channels_last on GPU) lives in
+`stages/video_pipeline.py`; this module is the stage: shards, tables, provenance.
+
+Failures (missing or corrupt file, no frames) become rows of the failures table and the run goes
+on; a video shorter than one second falls back to its first frame (a warning row).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from stages import mcn_corpus
+from stages.common import dataset, shards
+from stages.common.atomic import write_json
+from stages.common.cli import run_stage
+from stages.common.errors import StageError
+from stages.mcn_corpus import Corpus, Failures, Shard
+from stages.models.resnet import FEATURE_DIM, load_resnet152
+from stages.video_pipeline import FrameModel, extract, pool_clip
+
+log = logging.getLogger(__name__)
+
+ROOT = mcn_corpus.FEATURES / "video"
+VERSION = "video_features/v1"
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    corpora: tuple[Corpus, ...]
+    weights: Path | None = None  # torchvision resnet152 state_dict (.pth); None = seeded random
+    short_side: int = 224
+    batch_size: int = 64  # frames per forward pass
+    chunk_seconds: int = 32  # frames a decode worker holds at once: bounds its memory
+    decode_workers: int = 0  # DataLoader worker processes; 0 = decode in the main process
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    videos_per_shard: int = 16
+
+
+class Context(NamedTuple):
+    record: dict[str, Any]  # which weights
+    device: str
+    precision: str
+
+
+# --- schemas ------------------------------------------------------------------------------------
+
+SECONDS_SCHEMA = dataset.SampleSchema(
+    name="mcn_features/video_seconds/v1",
+    doc="ResNet-152 pool features at 1 fps: one row per (video, second); L2-normalised, float16.",
+    columns=(
+        dataset.Column("corpus", pa.string(), "corpus name"),
+        dataset.Column("video", pa.string(), "video id"),
+        dataset.Column("second", pa.int32(), "t of the frame (frame nearest t s)"),
+        dataset.ArrayColumn("feature", "float16", (FEATURE_DIM,), "L2-normalised 2048-d pool"),
+    ),
+)
+CLIPS_SCHEMA = dataset.SampleSchema(
+    name="mcn_features/video_clips/v1",
+    doc="Per clip: max-pool over its seconds, L2-normalised; zeros and empty=true if no seconds.",
+    columns=(
+        dataset.Column("corpus", pa.string(), "corpus name"),
+        dataset.Column("video", pa.string(), "video id"),
+        dataset.Column("clip", pa.int32(), "clip index within the video (by start time)"),
+        dataset.Column("start", pa.float64(), "clip start, s"),
+        dataset.Column("end", pa.float64(), "clip end, s"),
+        dataset.Column("first_second", pa.int32(), "first second pooled"),
+        dataset.Column("stop_second", pa.int32(), "one past the last second pooled"),
+        dataset.Column("empty", pa.bool_(), "no seconds in the span: the feature is zeros"),
+        dataset.Column("status", pa.string(), "the video's status (ok, short, corrupt, missing)"),
+        dataset.ArrayColumn("feature", "float16", (FEATURE_DIM,), "pooled, L2-normalised"),
+    ),
+)
+VIDEOS_SCHEMA = dataset.SampleSchema(
+    name="mcn_features/video_videos/v1",
+    doc="One row per video: what was decoded.",
+    columns=(
+        dataset.Column("corpus", pa.string(), "corpus name"),
+        dataset.Column("video", pa.string(), "video id"),
+        dataset.Column("status", pa.string(), "ok, short (< 1 s: first frame), corrupt, missing"),
+        dataset.Column("seconds", pa.int32(), "feature rows written"),
+        dataset.Column("width", pa.int32(), "source frame width, px"),
+        dataset.Column("height", pa.int32(), "source frame height, px"),
+        dataset.Column("fps", pa.float64(), "source frame rate"),
+    ),
+)
+
+
+# --- the stage ------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> str:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise StageError("params.yaml: video_features.device", "cuda asked for, none available")
+    return (
+        "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
+    )
+
+
+def prepare(params: Params) -> Context:
+    for name in ("short_side", "batch_size", "chunk_seconds"):
+        if getattr(params, name) < 1:
+            raise StageError(f"params.yaml: video_features.{name}", "must be >= 1")
+    device = resolve_device(params.device)
+    record = mcn_corpus.weights_record(params.weights, params.seed)
+    return Context(record, device, "bf16 autocast" if device == "cuda" else "fp32")
+
+
+@functools.lru_cache(maxsize=2)
+def frame_model(weights: Path | None, seed: int, device: str, threads: int) -> FrameModel:
+    """One model per worker process, loaded once and reused across its shards."""
+    if threads:
+        torch.set_num_threads(threads)
+    return FrameModel(load_resnet152(weights, seed), device)
+
+
+def with_weights(schema: dataset.SampleSchema, context: Context) -> dataset.SampleSchema:
+    return replace(
+        schema,
+        metadata={
+            **schema.metadata,
+            **context.record,
+            "device": context.device,
+            "precision": context.precision,
+        },
+    )
+
+
+def run_shard(params: Params, context: Context, shard: Shard) -> dict:
+    """Compute one shard and write it atomically, unless an identical complete one exists."""
+    digest = shards.fingerprint(VERSION, params.short_side, context, shard.inputs())
+    if shards.is_complete(ROOT, shard.key, digest):
+        return {**shards.read_manifests(ROOT, [shard.key])[0], "skipped": True}
+    model = frame_model(params.weights, params.seed, context.device, params.threads)
+    got = extract(
+        shard.files,
+        model,
+        params.short_side,
+        params.batch_size,
+        params.chunk_seconds,
+        params.decode_workers,
+    )
+    failures = Failures(shard.corpus.name)
+    seconds: dict[str, list] = {"video": [], "second": [], "feature": []}
+    clips: dict[str, list] = {
+        k: []
+        for k in (
+            "video",
+            "clip",
+            "start",
+            "end",
+            "first_second",
+            "stop_second",
+            "empty",
+            "status",
+            "feature",
+        )
+    }
+    statuses = []
+    for v, video in enumerate(shard.videos):
+        status, features = got.status[v], got.features[v]
+        width, height, fps, _ = got.meta[v]
+        if status != "ok":
+            failures.add(video, -1, "error", status, got.message[v])
+            features = np.zeros((0, FEATURE_DIM), np.float16)
+        elif got.meta[v][3] / fps < 1.0:
+            status = "short"
+            failures.add(
+                video,
+                -1,
+                "warning",
+                "short",
+                "shorter than 1 s: features of its first "
+                "frame (the reference extractor wrote nothing)",
+            )
+        statuses.append((video, status, len(features), width, height, fps))
+        seconds["video"] += [video] * len(features)
+        seconds["second"] += list(range(len(features)))
+        seconds["feature"].append(features)
+        for clip in shard.clips[v]:
+            feature, lo, hi, empty = pool_clip(features, clip.start, clip.end)
+            for key, value in zip(
+                clips,
+                (video, clip.clip, clip.start, clip.end, lo, hi, empty, status, feature),
+                strict=True,
+            ):
+                clips[key].append(value)
+    corpus = [shard.corpus.name]
+    tables = {
+        "seconds": (
+            with_weights(SECONDS_SCHEMA, context),
+            {
+                "corpus": corpus * len(seconds["video"]),
+                "video": seconds["video"],
+                "second": seconds["second"],
+                "feature": np.concatenate(seconds["feature"]).reshape(-1, FEATURE_DIM),
+            },
+        ),
+        "clips": (
+            with_weights(CLIPS_SCHEMA, context),
+            {
+                **clips,
+                "corpus": corpus * len(clips["video"]),
+                "feature": np.stack(clips["feature"]).reshape(-1, FEATURE_DIM),
+            },
+        ),
+        "videos": (
+            with_weights(VIDEOS_SCHEMA, context),
+            {
+                "corpus": corpus * len(statuses),
+                **dict(
+                    zip(
+                        ("video", "status", "seconds", "width", "height", "fps"),
+                        (list(c) for c in zip(*statuses, strict=True)),
+                        strict=True,
+                    )
+                ),
+            },
+        ),
+        "failures": (mcn_corpus.FAILURES_SCHEMA, failures.columns()),
+    }
+    kinds: dict[str, int] = {}
+    for row in failures.rows:
+        kinds[row[3]] = kinds.get(row[3], 0) + 1
+    record = {**context._asdict(), "frames": len(seconds["video"]), "failures_by_kind": kinds}
+    return shards.write_shard(ROOT, shard.key, digest, tables, record)
+
+
+def finalize(
+    params: Params, context: Context, plan: list[Shard], manifests: list[dict], seconds: float
+) -> dict:
+    """Remove shards of an older plan and write the stage's metrics."""
+    removed = shards.remove_stale(ROOT, [s.key for s in plan])
+    frames = sum(m["frames"] for m in manifests if not m.get("skipped"))
+    stats = {
+        **mcn_corpus.summarise(manifests, removed),
+        **context._asdict(),
+        "short_side": params.short_side,
+        "batch_size": params.batch_size,
+        "decode_workers": params.decode_workers,
+        "frames_computed": frames,
+        "seconds": round(seconds, 2),
+        "frames_per_second": round(frames / seconds, 2) if seconds > 0 and frames else None,
+    }
+    write_json(mcn_corpus.REPORTS / "video_features.json", stats)
+    return stats
+
+
+def main(params: Params) -> None:
+    """ResNet-152 features at 1 fps of every corpus video, per second and pooled per clip."""
+    stats = mcn_corpus.run_local(sys.modules[__name__], params, "video_features")
+    log.info(
+        "%d frames, %s failures, %.1f frames/s on %s",
+        stats["frames_computed"],
+        stats["failures_by_kind"],
+        stats["frames_per_second"] or 0,
+        stats["device"],
+    )
+
+
+if __name__ == "__main__":
+    run_stage("video_features", Params, main)
