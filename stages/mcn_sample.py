@@ -178,8 +178,11 @@ class VideoPlan(NamedTuple):
 def caption(stream: np.random.Generator, obj: Obj, action: Action, corpus: str) -> str:
     if corpus == "eval_shifted":
         template = SHIFTED_TEMPLATES[stream.integers(len(SHIFTED_TEMPLATES))]
-        noun = obj.paraphrases[stream.integers(len(obj.paraphrases))]
-        verb = action.paraphrases[stream.integers(len(action.paraphrases))]
+        # each word is paraphrased half the time: some captions keep training words, some none
+        nouns = obj.paraphrases if stream.random() < 0.5 else (obj.name,)
+        verbs = action.paraphrases if stream.random() < 0.5 else action.phrases
+        noun = nouns[stream.integers(len(nouns))]
+        verb = verbs[stream.integers(len(verbs))]
         colour = SHIFTED_COLOURS[obj.colour] if stream.random() < 0.5 else obj.colour
         return template.format(colour=colour, object=noun, verb=verb)
     templates = TRAIN_TEMPLATES if corpus == "train" else CLOSE_TEMPLATES

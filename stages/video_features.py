@@ -104,19 +104,11 @@ VIDEOS_SCHEMA = dataset.SampleSchema(
 # --- the stage ------------------------------------------------------------------------------------
 
 
-def resolve_device(device: str) -> str:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise StageError("params.yaml: video_features.device", "cuda asked for, none available")
-    return (
-        "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
-    )
-
-
 def prepare(params: Params) -> Context:
     for name in ("short_side", "batch_size", "chunk_seconds"):
         if getattr(params, name) < 1:
             raise StageError(f"params.yaml: video_features.{name}", "must be >= 1")
-    device = resolve_device(params.device)
+    device = mcn_corpus.resolve_device(params.device, "video_features.device")
     record = mcn_corpus.weights_record(params.weights, params.seed)
     return Context(record, device, "bf16 autocast" if device == "cuda" else "fp32")
 
