@@ -44,7 +44,7 @@ class Params:
     corpora: tuple[Corpus, ...]
     weights: Path | None = None  # torchvision resnet152 state_dict (.pth); None = seeded random
     short_side: int = 224
-    batch_size: int = 64  # frames per forward pass
+    batch_size: int = 8  # frames per forward pass (tails zero-padded); GPU: 256
     chunk_seconds: int = 32  # frames a decode worker holds at once: bounds its memory
     decode_workers: int = 0  # DataLoader worker processes; 0 = decode in the main process
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -6,8 +6,8 @@ Decoding runs in DataLoader worker processes, each holding at most `chunk` frame
 (decoded at the target size: never the whole video), while the main process batches frames of the
 same size across videos into `batch_size` for the model. On a GPU the model runs in bf16 autocast
 and channels_last, with uint8 frames copied from pinned memory and normalised on the GPU (4x less
-to copy than float32). On CPU it runs fp32; the model embeds each frame independently, so the batch
-composition (and so the worker count) does not change the bytes (tested).
+to copy than float32). On CPU it runs fp32. Every batch is zero-padded to `batch_size` frames, so
+on CPU the bytes do not depend on which frames share a batch, nor on the worker count (tested).
 """
 
 from __future__ import annotations
@@ -117,15 +117,15 @@ class FrameModel:
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(shape) * 255
 
     def upload(self, parts: list[torch.Tensor], pad_to: int) -> torch.Tensor:
-        """Concatenate uint8 frame parts on the device, zero-padded to `pad_to` frames on GPU.
+        """Concatenate uint8 frame parts on the device, zero-padded to `pad_to` frames.
 
-        The parts come from the DataLoader's pinned memory, so each copy is asynchronous (a copy
-        from pageable memory would block the CPU until the GPU finished the previous batch).
-        Padding keeps one batch shape per frame size: with cuDNN autotuning, every new batch
-        size would cost a second of tuning at the end of each shard.
+        Every forward pass then has one shape per frame size. On CPU that is what makes the
+        output reproducible: the convolution kernels are chosen by shape, and a frame's features
+        depend on the batch size but not on the other frames in the batch (tested), so the
+        bytes do not depend on how frames of different videos share batches (nor on the worker
+        count). On GPU it spares a second of cuDNN autotuning for every new tail size.
+        The parts come from the DataLoader's pinned memory, so GPU copies are asynchronous.
         """
-        if not self.cuda:
-            return torch.cat(parts)
         frames = [p.to(self.device, non_blocking=True) for p in parts]
         missing = pad_to - sum(len(f) for f in frames)
         if missing > 0:

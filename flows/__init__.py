@@ -1,0 +1,1 @@
+"""Prefect flows that drive the pipeline (they never reimplement stages)."""
