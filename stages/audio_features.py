@@ -84,7 +84,7 @@ def log_mel(wave: np.ndarray) -> np.ndarray:
     import librosa
 
     window, mel = _front_end()
-    y = wave.astype(np.float64) - wave.mean()
+    y = wave.astype(np.float32) - wave.mean(dtype=np.float64).astype(np.float32)
     y = np.append(y[:1], y[1:] - PREEMPHASIS * y[:-1])
     stft = librosa.stft(y, n_fft=N_FFT, hop_length=HOP, win_length=N_FFT, window=window)
     power = mel @ (np.abs(stft) ** 2)
