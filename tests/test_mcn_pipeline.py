@@ -166,16 +166,17 @@ def test_an_interrupted_run_resumes_where_it_stopped(workspace, monkeypatch):
     assert digests(out) == before
 
 
-def test_the_flow_on_two_dask_workers_writes_the_dvc_paths_bytes(workspace, tmp_path, monkeypatch):
+def test_the_flow_on_two_dask_workers_writes_the_dvc_paths_bytes(workspace, tmp_path):
     root, _ = workspace
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from prefect.testing.utilities import prefect_test_harness
+
     from flows import features
 
     other = tmp_path / "flow"
     shutil.copytree(root / "data/mcn/sample", other / "data/mcn/sample")
     (other / "params.yaml").write_text(PARAMS)
-    with contextlib.chdir(other):
+    # a temporary Prefect server of its own, stopped before pytest closes its output capture
+    with contextlib.chdir(other), prefect_test_harness(server_startup_timeout=180):
         stats = features.run(list(STAGES), "params.yaml", workers=2)
     assert all(s["shards_skipped"] == 0 for s in stats.values())
     assert digests(other / "data/mcn/features") == digests(root / "data/mcn/features")
