@@ -35,7 +35,7 @@ from stages.common.atomic import write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
 from stages.common.video_io import MediaError, read_audio
-from stages.mcn_corpus import Corpus, Failures, Shard
+from stages.mcn_corpus import Corpus, Failures, Rows, Shard
 from stages.models.davenet import EMBED_DIM, load_davenet
 
 log = logging.getLogger(__name__)
@@ -195,18 +195,12 @@ def embed(
     return np.concatenate(out) if out else np.zeros((0, EMBED_DIM), np.float32)
 
 
-def run_shard(params: Params, context: Context, shard: Shard) -> dict:
-    """Compute one shard and write it atomically, unless an identical complete one exists."""
+def shard_rows(shard: Shard) -> tuple[Rows, Rows, Failures]:
+    """Clip windows (float16), video rows and failures of one shard."""
     window = shard.corpus.audio_window
-    digest = shards.fingerprint(VERSION, window, context, shard.inputs())
-    if shards.is_complete(ROOT, shard.key, digest):
-        return {**shards.read_manifests(ROOT, [shard.key])[0], "skipped": True}
-    failures = Failures(shard.corpus.name)
-    clips: dict[str, list] = {
-        k: []
-        for k in ("video", "clip", "start", "end", "first_frame", "n_frames", "status", "window")
-    }
-    videos: dict[str, list] = {"video": [], "status": [], "samples": [], "frames": []}
+    clips = Rows("video", "clip", "start", "end", "first_frame", "n_frames", "status", "window")
+    videos = Rows("video", "status", "samples", "frames")
+    failures = Failures()
     for video, path, video_clips in zip(shard.videos, shard.files, shard.clips, strict=True):
         spec, samples, status = np.zeros((N_MELS, 0), np.float32), 0, "ok"
         try:
@@ -217,37 +211,51 @@ def run_shard(params: Params, context: Context, shard: Shard) -> dict:
         except MediaError as exc:
             status = exc.kind
             failures.add(video, -1, "error", exc.kind, f"{exc.problem}: clips get zero windows")
-        for key, value in zip(videos, (video, status, samples, spec.shape[1]), strict=True):
-            videos[key].append(value)
+        videos.add(video, status, samples, spec.shape[1])
         for clip in video_clips:
             win, first, n = clip_window(spec, clip.start, clip.end, window)
             clip_status = status if status != "ok" or n > 0 else "empty"
             if clip_status == "empty":
                 failures.add(video, clip.clip, "error", "empty", "clip starts after the audio ends")
-            values = (video, clip.clip, clip.start, clip.end, first, n, clip_status, win)
-            for key, value in zip(clips, values, strict=True):
-                clips[key].append(value)
-    corpus = [shard.corpus.name]
-    windows = np.stack(clips["window"]).astype(np.float16).reshape(-1, N_MELS, window)
-    clips["window"] = windows
+            clips.add(
+                video,
+                clip.clip,
+                clip.start,
+                clip.end,
+                first,
+                n,
+                clip_status,
+                win.astype(np.float16),
+            )
+    return clips, videos, failures
+
+
+def run_shard(params: Params, context: Context, shard: Shard) -> dict:
+    """Compute one shard and write it atomically, unless an identical complete one exists."""
+    window = shard.corpus.audio_window
+    digest = shards.fingerprint(VERSION, window, context, shard.inputs())
+    if shards.is_complete(ROOT, shard.key, digest):
+        return {**shards.read_manifests(ROOT, [shard.key])[0], "skipped": True}
+    clips, videos, failures = shard_rows(shard)
+    name = shard.corpus.name
+    windows = windows_schema(window, context)
+    videos_schema = replace(VIDEOS_SCHEMA, metadata=context.record)
     tables = {
-        f"windows-{window}": (
-            windows_schema(window, context),
-            {**clips, "corpus": corpus * len(clips["video"])},
+        f"windows-{window}": (windows, clips.columns(name, windows)),
+        "videos": (videos_schema, videos.columns(name, videos_schema)),
+        "failures": (
+            mcn_corpus.FAILURES_SCHEMA,
+            failures.columns(name, mcn_corpus.FAILURES_SCHEMA),
         ),
-        "videos": (
-            replace(VIDEOS_SCHEMA, metadata=context.record),
-            {**videos, "corpus": corpus * len(videos["video"])},
-        ),
-        "failures": (mcn_corpus.FAILURES_SCHEMA, failures.columns()),
     }
     if params.davenet_weights is not None:
-        ok = np.array([s == "ok" for s in clips["status"]], bool)
+        columns = tables[f"windows-{window}"][1]
+        ok = np.array([s == "ok" for s in columns["status"]], bool)
         vectors = np.zeros((len(ok), EMBED_DIM), np.float32)
         if ok.any():
             vectors[ok] = embed(
-                windows[ok],
-                np.array(clips["n_frames"])[ok],
+                columns["window"][ok],
+                np.array(columns["n_frames"])[ok],
                 params.davenet_weights,
                 context.device,
                 params.batch_size,
@@ -255,17 +263,14 @@ def run_shard(params: Params, context: Context, shard: Shard) -> dict:
         tables["embeddings"] = (
             replace(EMBEDDINGS_SCHEMA, metadata=context.record),
             {
-                "corpus": corpus * len(ok),
-                "video": clips["video"],
-                "clip": clips["clip"],
-                "status": clips["status"],
+                "corpus": columns["corpus"],
+                "video": columns["video"],
+                "clip": columns["clip"],
+                "status": columns["status"],
                 "embedding": vectors,
             },
         )
-    kinds: dict[str, int] = {}
-    for row in failures.rows:
-        kinds[row[3]] = kinds.get(row[3], 0) + 1
-    record = {**context._asdict(), "clips": len(clips["video"]), "failures_by_kind": kinds}
+    record = {**context._asdict(), "clips": len(clips), "failures_by_kind": failures.by_kind()}
     return shards.write_shard(ROOT, shard.key, digest, tables, record)
 
 

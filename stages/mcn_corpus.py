@@ -176,28 +176,39 @@ FAILURES_SCHEMA = dataset.SampleSchema(
 )
 
 
-class Failures:
-    """Collects failure rows for one shard."""
+class Rows:
+    """A table built row by row: `add` values in column order, `columns()` for `ShardFile`."""
 
-    def __init__(self, corpus: str) -> None:
-        self.corpus = corpus
-        self.rows: list[tuple[str, int, str, str, str]] = []
+    def __init__(self, *names: str) -> None:
+        self.data: dict[str, list] = {name: [] for name in names}
 
-    def add(self, video: str, clip: int, severity: str, kind: str, message: str) -> None:
-        self.rows.append((video, clip, severity, kind, message))
+    def add(self, *values: Any) -> None:
+        for column, value in zip(self.data.values(), values, strict=True):
+            column.append(value)
 
-    def columns(self) -> dict[str, list]:
-        video, clip, severity, kind, message = (
-            (list(c) for c in zip(*self.rows, strict=True)) if (self.rows) else ([], [], [], [], [])
-        )
-        return {
-            "corpus": [self.corpus] * len(self.rows),
-            "video": video,
-            "clip": clip,
-            "severity": severity,
-            "kind": kind,
-            "message": message,
-        }
+    def __len__(self) -> int:
+        return len(next(iter(self.data.values())))
+
+    def columns(self, corpus: str, schema: dataset.SampleSchema) -> dict[str, Any]:
+        """The columns plus `corpus`, array columns stacked to (n, *shape) of the schema."""
+        out: dict[str, Any] = {"corpus": [corpus] * len(self), **self.data}
+        for name, col in schema.arrays.items():
+            values = out[name]
+            out[name] = np.stack(values) if values else np.zeros((0, *col.shape), col.dtype)
+        return out
+
+
+class Failures(Rows):
+    """The failures table of one shard."""
+
+    def __init__(self) -> None:
+        super().__init__("video", "clip", "severity", "kind", "message")
+
+    def by_kind(self) -> dict[str, int]:
+        kinds: dict[str, int] = {}
+        for kind in self.data["kind"]:
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return kinds
 
 
 class FeatureStage(Protocol):

@@ -31,7 +31,7 @@ from stages.common.atomic import write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
 from stages.common.hashing import file_digest
-from stages.mcn_corpus import Corpus, Failures, Shard
+from stages.mcn_corpus import Corpus, Failures, Rows, Shard
 
 log = logging.getLogger(__name__)
 
@@ -183,14 +183,13 @@ def prepare(params: Params) -> Context:
 
 def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
-    digest = shards.fingerprint(VERSION, context.record, shard.inputs()[:2] + shard.inputs()[3:])
+    corpus, videos, _, clips = shard.inputs()  # captions do not depend on the video files
+    digest = shards.fingerprint(VERSION, context.record, [corpus, videos, clips])
     if shards.is_complete(ROOT, shard.key, digest):
         return {**shards.read_manifests(ROOT, [shard.key])[0], "skipped": True}
     vocab, vectors = load_vectors(context.vectors)
-    failures = Failures(shard.corpus.name)
-    rows: dict[str, list] = {
-        k: [] for k in ("video", "clip", "caption", "tokens", "n_words", "words")
-    }
+    rows = Rows("video", "clip", "caption", "tokens", "n_words", "words")
+    failures = Failures()
     for video, video_clips in zip(shard.videos, shard.clips, strict=True):
         for clip in video_clips:
             matrix, words = caption_matrix(clip.caption, vocab, vectors)
@@ -202,35 +201,19 @@ def run_shard(params: Params, context: Context, shard: Shard) -> dict:
                     "no_known_words",
                     f"no word of {clip.caption!r} is in the vocabulary: zeros",
                 )
-            for key, value in zip(
-                rows,
-                (video, clip.clip, clip.caption, " ".join(words), len(words), matrix),
-                strict=True,
-            ):
-                rows[key].append(value)
-    dim = vectors.shape[1]
-    rows["words"] = np.stack(rows["words"]).reshape(-1, MAX_WORDS, dim)
+            rows.add(video, clip.clip, clip.caption, " ".join(words), len(words), matrix)
+    words_schema = schema(vectors.shape[1], context.record)
+    failures_schema = replace(mcn_corpus.FAILURES_SCHEMA, metadata=context.record)
     tables = {
-        "words": (
-            schema(dim, context.record),
-            {**rows, "corpus": [shard.corpus.name] * len(rows["video"])},
-        ),
-        "failures": (
-            replace(mcn_corpus.FAILURES_SCHEMA, metadata=context.record),
-            failures.columns(),
-        ),
+        "words": (words_schema, rows.columns(corpus, words_schema)),
+        "failures": (failures_schema, failures.columns(corpus, failures_schema)),
     }
-    return shards.write_shard(
-        ROOT,
-        shard.key,
-        digest,
-        tables,
-        {
-            "record": context.record,
-            "captions": len(rows["video"]),
-            "failures_by_kind": {"no_known_words": len(failures.rows)} if failures.rows else {},
-        },
-    )
+    record = {
+        "record": context.record,
+        "captions": len(rows),
+        "failures_by_kind": failures.by_kind(),
+    }
+    return shards.write_shard(ROOT, shard.key, digest, tables, record)
 
 
 def finalize(

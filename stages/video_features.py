@@ -28,9 +28,9 @@ from stages.common import dataset, shards
 from stages.common.atomic import write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
-from stages.mcn_corpus import Corpus, Failures, Shard
+from stages.mcn_corpus import Corpus, Failures, Rows, Shard
 from stages.models.resnet import FEATURE_DIM, load_resnet152
-from stages.video_pipeline import FrameModel, extract, pool_clip
+from stages.video_pipeline import Extracted, FrameModel, extract, pool_clip
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,39 @@ def with_weights(schema: dataset.SampleSchema, context: Context) -> dataset.Samp
     )
 
 
+def shard_tables(shard: Shard, got: Extracted) -> tuple[Rows, Rows, Rows, Failures]:
+    """Per-second rows, pooled clip rows, video rows and failures of one extracted shard."""
+    seconds = Rows("video", "second", "feature")
+    clips = Rows(
+        "video", "clip", "start", "end", "first_second", "stop_second", "empty", "status", "feature"
+    )
+    videos = Rows("video", "status", "seconds", "width", "height", "fps")
+    failures = Failures()
+    for v, video in enumerate(shard.videos):
+        status, features = got.status[v], got.features[v]
+        width, height, fps, frames = got.meta[v]
+        if status != "ok" or features is None:
+            failures.add(video, -1, "error", status, got.message[v])
+            features = np.zeros((0, FEATURE_DIM), np.float16)
+        elif frames / fps < 1.0:
+            status = "short"
+            failures.add(
+                video,
+                -1,
+                "warning",
+                "short",
+                "shorter than 1 s: features of its "
+                "first frame (the reference extractor wrote nothing)",
+            )
+        videos.add(video, status, len(features), width, height, fps)
+        for second, feature in enumerate(features):
+            seconds.add(video, second, feature)
+        for clip in shard.clips[v]:
+            feature, lo, hi, empty = pool_clip(features, clip.start, clip.end)
+            clips.add(video, clip.clip, clip.start, clip.end, lo, hi, empty, status, feature)
+    return seconds, clips, videos, failures
+
+
 def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
     digest = shards.fingerprint(VERSION, params.short_side, context, shard.inputs())
@@ -147,89 +180,18 @@ def run_shard(params: Params, context: Context, shard: Shard) -> dict:
         params.chunk_seconds,
         params.decode_workers,
     )
-    failures = Failures(shard.corpus.name)
-    seconds: dict[str, list] = {"video": [], "second": [], "feature": []}
-    clips: dict[str, list] = {
-        k: []
-        for k in (
-            "video",
-            "clip",
-            "start",
-            "end",
-            "first_second",
-            "stop_second",
-            "empty",
-            "status",
-            "feature",
+    seconds, clips, videos, failures = shard_tables(shard, got)
+    name = shard.corpus.name
+    tables = {
+        table: (with_weights(schema, context), rows.columns(name, schema))
+        for table, schema, rows in (
+            ("seconds", SECONDS_SCHEMA, seconds),
+            ("clips", CLIPS_SCHEMA, clips),
+            ("videos", VIDEOS_SCHEMA, videos),
+            ("failures", mcn_corpus.FAILURES_SCHEMA, failures),
         )
     }
-    statuses = []
-    for v, video in enumerate(shard.videos):
-        status, features = got.status[v], got.features[v]
-        width, height, fps, _ = got.meta[v]
-        if status != "ok":
-            failures.add(video, -1, "error", status, got.message[v])
-            features = np.zeros((0, FEATURE_DIM), np.float16)
-        elif got.meta[v][3] / fps < 1.0:
-            status = "short"
-            failures.add(
-                video,
-                -1,
-                "warning",
-                "short",
-                "shorter than 1 s: features of its first "
-                "frame (the reference extractor wrote nothing)",
-            )
-        statuses.append((video, status, len(features), width, height, fps))
-        seconds["video"] += [video] * len(features)
-        seconds["second"] += list(range(len(features)))
-        seconds["feature"].append(features)
-        for clip in shard.clips[v]:
-            feature, lo, hi, empty = pool_clip(features, clip.start, clip.end)
-            for key, value in zip(
-                clips,
-                (video, clip.clip, clip.start, clip.end, lo, hi, empty, status, feature),
-                strict=True,
-            ):
-                clips[key].append(value)
-    corpus = [shard.corpus.name]
-    tables = {
-        "seconds": (
-            with_weights(SECONDS_SCHEMA, context),
-            {
-                "corpus": corpus * len(seconds["video"]),
-                "video": seconds["video"],
-                "second": seconds["second"],
-                "feature": np.concatenate(seconds["feature"]).reshape(-1, FEATURE_DIM),
-            },
-        ),
-        "clips": (
-            with_weights(CLIPS_SCHEMA, context),
-            {
-                **clips,
-                "corpus": corpus * len(clips["video"]),
-                "feature": np.stack(clips["feature"]).reshape(-1, FEATURE_DIM),
-            },
-        ),
-        "videos": (
-            with_weights(VIDEOS_SCHEMA, context),
-            {
-                "corpus": corpus * len(statuses),
-                **dict(
-                    zip(
-                        ("video", "status", "seconds", "width", "height", "fps"),
-                        (list(c) for c in zip(*statuses, strict=True)),
-                        strict=True,
-                    )
-                ),
-            },
-        ),
-        "failures": (mcn_corpus.FAILURES_SCHEMA, failures.columns()),
-    }
-    kinds: dict[str, int] = {}
-    for row in failures.rows:
-        kinds[row[3]] = kinds.get(row[3], 0) + 1
-    record = {**context._asdict(), "frames": len(seconds["video"]), "failures_by_kind": kinds}
+    record = {**context._asdict(), "frames": len(seconds), "failures_by_kind": failures.by_kind()}
     return shards.write_shard(ROOT, shard.key, digest, tables, record)
 
 
