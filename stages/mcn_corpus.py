@@ -11,11 +11,15 @@ Prefect flow (`flows/features.py`, over Dask) call exactly these, so both give t
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
@@ -151,6 +155,18 @@ def resolve_device(device: str, key: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def code_digest(*modules: ModuleType) -> str:
+    """sha256 over the source files of `modules` (and this one): part of every shard fingerprint.
+
+    DVC re-runs a stage when its code changes; without this the re-run would skip every shard
+    whose inputs are unchanged and keep outputs of the old code.
+    """
+    digest = hashlib.sha256()
+    for module in (*modules, sys.modules[__name__]):
+        digest.update(Path(inspect.getfile(module)).read_bytes())
+    return digest.hexdigest()
 
 
 def weights_record(path: Path | None, seed: int) -> dict[str, Any]:

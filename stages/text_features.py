@@ -184,7 +184,8 @@ def prepare(params: Params) -> Context:
 def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
     corpus, videos, _, clips = shard.inputs()  # captions do not depend on the video files
-    digest = shards.fingerprint(VERSION, context.record, [corpus, videos, clips])
+    code = mcn_corpus.code_digest(sys.modules[__name__])
+    digest = shards.fingerprint(VERSION, code, context.record, [corpus, videos, clips])
     if shards.is_complete(ROOT, shard.key, digest):
         return {**shards.read_manifests(ROOT, [shard.key])[0], "skipped": True}
     vocab, vectors = load_vectors(context.vectors)

@@ -23,12 +23,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from stages import mcn_corpus
-from stages.common import dataset, shards
+from stages import mcn_corpus, video_pipeline
+from stages.common import dataset, shards, video_io
 from stages.common.atomic import write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
 from stages.mcn_corpus import Corpus, Failures, Rows, Shard
+from stages.models import resnet
 from stages.models.resnet import FEATURE_DIM, load_resnet152
 from stages.video_pipeline import Extracted, FrameModel, extract, pool_clip
 
@@ -168,7 +169,8 @@ def shard_tables(shard: Shard, got: Extracted) -> tuple[Rows, Rows, Rows, Failur
 
 def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
-    digest = shards.fingerprint(VERSION, params.short_side, context, shard.inputs())
+    code = mcn_corpus.code_digest(sys.modules[__name__], video_pipeline, resnet, video_io)
+    digest = shards.fingerprint(VERSION, code, params.short_side, context, shard.inputs())
     if shards.is_complete(ROOT, shard.key, digest):
         return {**shards.read_manifests(ROOT, [shard.key])[0], "skipped": True}
     model = frame_model(params.weights, params.seed, context.device, params.threads)

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from stages.common.video_io import MediaError, probe_video, scaled_size, second_indices
+from stages.common.video_io import MediaError, iter_second_frames, probe_video
 from stages.models.resnet import FEATURE_DIM, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -39,29 +39,21 @@ class Chunk(NamedTuple):
     meta: tuple[int, int, float, int]  # source width, height, fps, frame count
 
 
+NO_META = (0, 0, 0.0, 0)
+
+
 def decode_video(index: int, path: str | None, short_side: int, chunk: int) -> Iterator[Chunk]:
-    """Chunks of one video's 1-fps frames, then a `done` record; failures as one record."""
+    """Chunks of one video's 1-fps frames, then a `done` record; a failure as one record."""
     empty = np.zeros((0, 1, 1, 3), np.uint8)
     if path is None:
-        yield Chunk(index, -1, empty, "missing", "no video file for this id", (0, 0, 0.0, 0))
+        yield Chunk(index, -1, empty, "missing", "no video file for this id", NO_META)
         return
     try:
         info = probe_video(path)
-        indices = second_indices(info.frames, info.fps)
-        import decord
-
-        width, height = scaled_size(info.width, info.height, short_side)
-        reader = decord.VideoReader(
-            path, ctx=decord.cpu(0), width=width, height=height, num_threads=1
-        )
-        for lo in range(0, len(indices), chunk):
-            frames = reader.get_batch(indices[lo : lo + chunk].tolist()).asnumpy()
-            yield Chunk(index, lo, frames, "frames", "", (0, 0, 0.0, 0))
+        for first, frames in iter_second_frames(path, short_side, chunk, info):
+            yield Chunk(index, first, frames, "frames", "", NO_META)
     except MediaError as exc:
-        yield Chunk(index, -1, empty, exc.kind, exc.problem, (0, 0, 0.0, 0))
-        return
-    except Exception as exc:  # decord fails mid-stream with its own error types
-        yield Chunk(index, -1, empty, "corrupt", f"decoding failed: {exc}"[:300], (0, 0, 0.0, 0))
+        yield Chunk(index, -1, empty, exc.kind, exc.problem, NO_META)
         return
     yield Chunk(index, -1, empty, "done", "", (info.width, info.height, info.fps, info.frames))
 

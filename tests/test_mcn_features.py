@@ -148,3 +148,11 @@ def test_fingerprint_is_stable_and_sensitive():
         "v1", {"b": [2], "a": 1}
     )
     assert shards.fingerprint("v1", 1) != shards.fingerprint("v1", 2)
+
+
+def test_code_digest_follows_the_code():
+    from stages import audio_features, text_features
+    from stages.mcn_corpus import code_digest
+
+    assert code_digest(text_features) == code_digest(text_features)
+    assert code_digest(text_features) != code_digest(audio_features)

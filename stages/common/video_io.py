@@ -84,7 +84,7 @@ def second_indices(frames: int, fps: float) -> np.ndarray:
 
 
 def iter_second_frames(
-    path: str | Path, short_side: int, chunk: int
+    path: str | Path, short_side: int, chunk: int, info: VideoInfo | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (first second, uint8 frames (n <= chunk, h, w, 3)) at 1 fps, short side scaled.
 
@@ -92,7 +92,7 @@ def iter_second_frames(
     else; indices go forward only (decord's accurate seeks grow memory when they jump around).
     """
     path = Path(path)
-    info = probe_video(path)
+    info = info or probe_video(path)
     width, height = scaled_size(info.width, info.height, short_side)
     reader = _reader(path, width, height)
     indices = second_indices(info.frames, info.fps)
