@@ -4,7 +4,7 @@ The CPU path is what CI and the embedded stand-in run; the GPU figures come from
 `benchmarks/resnet_gpu.py` (device machine). Prints frames/s side by side with ratios:
 end to end against min(decode-only, model-only) (how well decoding overlaps the model), and the
 audio front end in seconds of audio per second against librosa's own melspectrogram.
-    python benchmarks/mcn_features_cpu.py [--seconds 20] [--threads 0]
+    python benchmarks/mcn_features_cpu.py [--seconds 40] [--threads 0]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def timed(fn, repeat: int = 1) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=20, help="length of the test video")
+    parser.add_argument("--seconds", type=int, default=40, help="test video length (x batch)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = default")
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
