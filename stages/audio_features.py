@@ -59,6 +59,7 @@ class Params:
     davenet_weights: Path | None = None  # ResDavenet state_dict; None = no embeddings written
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 32  # windows per DaveNet forward pass
+    threads: int = 2  # torch CPU threads for DaveNet: fixed, since CPU bytes depend on it
     videos_per_shard: int = 16
 
 
@@ -83,12 +84,16 @@ def _front_end() -> tuple[np.ndarray, np.ndarray]:
 def log_mel(wave: np.ndarray) -> np.ndarray:
     """16 kHz mono samples -> (40, 1 + len // 160) float32 log-mel, dB below the file's max."""
     import librosa
+    from threadpoolctl import threadpool_limits
 
     window, mel = _front_end()
     y = wave.astype(np.float32) - wave.mean(dtype=np.float64).astype(np.float32)
     y = np.append(y[:1], y[1:] - PREEMPHASIS * y[:-1])
     stft = librosa.stft(y, n_fft=N_FFT, hop_length=HOP, win_length=N_FFT, window=window)
-    power = mel @ (np.abs(stft) ** 2)
+    # One BLAS thread: a multi-threaded product sums in another order, and the bytes would
+    # depend on the process's thread count (Dask workers run with OMP_NUM_THREADS=1).
+    with threadpool_limits(1, user_api="blas"):
+        power = mel @ (np.abs(stft) ** 2)
     return librosa.power_to_db(power, ref=np.max, top_db=TOP_DB).astype(np.float32)
 
 
@@ -179,14 +184,15 @@ def prepare(params: Params) -> Context:
 
 
 @functools.lru_cache(maxsize=1)
-def davenet(weights: Path, device: str) -> torch.nn.Module:
+def davenet(weights: Path, device: str, threads: int) -> torch.nn.Module:
+    torch.set_num_threads(threads)  # fixed, as for the video stage
     return load_davenet(weights).to(device)
 
 
 def embed(
-    windows: np.ndarray, n_frames: np.ndarray, weights: Path, device: str, batch: int
+    windows: np.ndarray, n_frames: np.ndarray, weights: Path, device: str, batch: int, threads: int
 ) -> np.ndarray:
-    model = davenet(weights, device)
+    model = davenet(weights, device, threads)
     out = []
     with torch.inference_mode():
         for lo in range(0, len(windows), batch):
@@ -261,6 +267,7 @@ def run_shard(params: Params, context: Context, shard: Shard) -> dict:
                 params.davenet_weights,
                 context.device,
                 params.batch_size,
+                params.threads,
             )
         tables["embeddings"] = (
             replace(EMBEDDINGS_SCHEMA, metadata=context.record),

@@ -49,7 +49,7 @@ class Params:
     chunk_seconds: int = 32  # frames a decode worker holds at once: bounds its memory
     decode_workers: int = 0  # DataLoader worker processes; 0 = decode in the main process
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = 2  # torch CPU threads per process: fixed, since CPU bytes depend on it
     videos_per_shard: int = 16
 
 
@@ -106,7 +106,7 @@ VIDEOS_SCHEMA = dataset.SampleSchema(
 
 
 def prepare(params: Params) -> Context:
-    for name in ("short_side", "batch_size", "chunk_seconds"):
+    for name in ("short_side", "batch_size", "chunk_seconds", "threads"):
         if getattr(params, name) < 1:
             raise StageError(f"params.yaml: video_features.{name}", "must be >= 1")
     device = mcn_corpus.resolve_device(params.device, "video_features.device")
@@ -117,8 +117,7 @@ def prepare(params: Params) -> Context:
 @functools.lru_cache(maxsize=2)
 def frame_model(weights: Path | None, seed: int, device: str, threads: int) -> FrameModel:
     """One model per worker process, loaded once and reused across its shards."""
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # not the environment's: Dask workers get OMP_NUM_THREADS=1
     return FrameModel(load_resnet152(weights, seed), device)
 
 
@@ -170,7 +169,8 @@ def shard_tables(shard: Shard, got: Extracted) -> tuple[Rows, Rows, Rows, Failur
 def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
     code = mcn_corpus.code_digest(sys.modules[__name__], video_pipeline, resnet, video_io)
-    digest = shards.fingerprint(VERSION, code, params.short_side, context, shard.inputs())
+    threads = params.threads if context.device == "cpu" else None  # CPU sums depend on it
+    digest = shards.fingerprint(VERSION, code, params.short_side, threads, context, shard.inputs())
     if shards.is_complete(ROOT, shard.key, digest):
         return {**shards.read_manifests(ROOT, [shard.key])[0], "skipped": True}
     model = frame_model(params.weights, params.seed, context.device, params.threads)

@@ -44,7 +44,7 @@ video_features:
   chunk_seconds: 2
   decode_workers: 1
   device: cpu
-  threads: 1
+  threads: 2  # Dask workers run with OMP_NUM_THREADS=1: the stage must not depend on it
   videos_per_shard: 2
 audio_features: {corpora: *c, device: cpu, videos_per_shard: 2}
 text_features: {corpora: *c, videos_per_shard: 2, training: {epochs: 5}}
