@@ -34,10 +34,6 @@ class VideoInfo:
     width: int
     height: int
 
-    @property
-    def duration(self) -> float:
-        return self.frames / self.fps
-
 
 def _reader(path: Path, width: int = -1, height: int = -1):
     import decord
