@@ -1,0 +1,1 @@
+"""Plain-torch model definitions (no torchvision), loadable from the reference checkpoints."""
