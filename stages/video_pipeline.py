@@ -85,6 +85,9 @@ def chunk_loader(
         num_workers=workers,
         pin_memory=pin,
         prefetch_factor=4 if workers else None,
+        # Not fork: the shard function also runs inside Prefect and Dask workers, whose threads a
+        # forked decoder inherits in whatever state they were (workers then die at exit).
+        multiprocessing_context="forkserver" if workers else None,
         # On GPU take whichever chunk is ready (no head-of-line wait on a slow video); on CPU keep
         # the worker round-robin so the run is reproducible.
         in_order=not pin,
