@@ -24,7 +24,7 @@ import pyarrow as pa
 import torch
 
 from stages import mcn_corpus, video_pipeline
-from stages.common import dataset, shards, video_io
+from stages.common import dataset, media, shards
 from stages.common.atomic import write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
@@ -168,7 +168,7 @@ def shard_tables(shard: Shard, got: Extracted) -> tuple[Rows, Rows, Rows, Failur
 
 def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
-    code = mcn_corpus.code_digest(sys.modules[__name__], video_pipeline, resnet, video_io)
+    code = mcn_corpus.code_digest(sys.modules[__name__], video_pipeline, resnet, media)
     threads = params.threads if context.device == "cpu" else None  # CPU sums depend on it
     digest = shards.fingerprint(VERSION, code, params.short_side, threads, context, shard.inputs())
     if shards.is_complete(ROOT, shard.key, digest):
