@@ -33,6 +33,7 @@ from stages import mcn_corpus
 from stages.common import dataset, media, shards
 from stages.common.atomic import write_json
 from stages.common.cli import run_stage
+from stages.common.device import device_record, resolve_device
 from stages.common.errors import StageError
 from stages.common.media import MediaError, read_audio
 from stages.mcn_corpus import Corpus, Failures, Rows, Shard
@@ -180,7 +181,7 @@ def prepare(params: Params) -> Context:
         record = {"davenet": "none: embeddings not written (trained by the MCN stage)"}
     else:
         record = {"davenet": mcn_corpus.weights_record(params.davenet_weights, params.seed)}
-    return Context(record, mcn_corpus.resolve_device(params.device, "audio_features.device"))
+    return Context(record, resolve_device(params.device, "audio_features.device"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -290,6 +291,7 @@ def finalize(
     stats = {
         **mcn_corpus.summarise(manifests, removed),
         **context._asdict(),
+        **device_record(context.device),
         "seconds": round(seconds, 2),
     }
     write_json(mcn_corpus.REPORTS / "audio_features.json", stats)

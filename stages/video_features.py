@@ -27,6 +27,7 @@ from stages import mcn_corpus, video_pipeline
 from stages.common import dataset, media, shards
 from stages.common.atomic import write_json
 from stages.common.cli import run_stage
+from stages.common.device import device_record, resolve_device
 from stages.common.errors import StageError
 from stages.mcn_corpus import Corpus, Failures, Rows, Shard
 from stages.models import resnet
@@ -109,7 +110,7 @@ def prepare(params: Params) -> Context:
     for name in ("short_side", "batch_size", "chunk_seconds", "threads"):
         if getattr(params, name) < 1:
             raise StageError(f"params.yaml: video_features.{name}", "must be >= 1")
-    device = mcn_corpus.resolve_device(params.device, "video_features.device")
+    device = resolve_device(params.device, "video_features.device")
     record = mcn_corpus.weights_record(params.weights, params.seed)
     return Context(record, device, "bf16 autocast" if device == "cuda" else "fp32")
 
@@ -206,6 +207,7 @@ def finalize(
     stats = {
         **mcn_corpus.summarise(manifests, removed),
         **context._asdict(),
+        **device_record(context.device),
         "short_side": params.short_side,
         "batch_size": params.batch_size,
         "decode_workers": params.decode_workers,
