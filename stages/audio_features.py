@@ -30,11 +30,12 @@ import pyarrow as pa
 import torch
 
 from stages import mcn_corpus
-from stages.common import dataset, shards, video_io
+from stages.common import dataset, media, shards
 from stages.common.atomic import write_json
 from stages.common.cli import run_stage
+from stages.common.device import device_record, resolve_device
 from stages.common.errors import StageError
-from stages.common.video_io import MediaError, read_audio
+from stages.common.media import MediaError, read_audio
 from stages.mcn_corpus import Corpus, Failures, Rows, Shard
 from stages.models import davenet as davenet_module
 from stages.models.davenet import EMBED_DIM, load_davenet
@@ -180,7 +181,7 @@ def prepare(params: Params) -> Context:
         record = {"davenet": "none: embeddings not written (trained by the MCN stage)"}
     else:
         record = {"davenet": mcn_corpus.weights_record(params.davenet_weights, params.seed)}
-    return Context(record, mcn_corpus.resolve_device(params.device, "audio_features.device"))
+    return Context(record, resolve_device(params.device, "audio_features.device"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -240,7 +241,7 @@ def shard_rows(shard: Shard) -> tuple[Rows, Rows, Failures]:
 def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
     window = shard.corpus.audio_window
-    code = mcn_corpus.code_digest(sys.modules[__name__], davenet_module, video_io)
+    code = mcn_corpus.code_digest(sys.modules[__name__], davenet_module, media)
     digest = shards.fingerprint(VERSION, code, window, context, shard.inputs())
     if shards.is_complete(ROOT, shard.key, digest):
         return {**shards.read_manifests(ROOT, [shard.key])[0], "skipped": True}
@@ -290,6 +291,7 @@ def finalize(
     stats = {
         **mcn_corpus.summarise(manifests, removed),
         **context._asdict(),
+        **device_record(context.device),
         "seconds": round(seconds, 2),
     }
     write_json(mcn_corpus.REPORTS / "audio_features.json", stats)

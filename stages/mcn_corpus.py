@@ -146,17 +146,6 @@ def plan(corpora: tuple[Corpus, ...], videos_per_shard: int) -> list[Shard]:
     return shards
 
 
-def resolve_device(device: str, key: str) -> str:
-    """auto -> cuda when torch sees a GPU, else cpu; an explicit cuda without one is an error."""
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise StageError(f"params.yaml: {key}", "cuda asked for, but torch sees no GPU")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def code_digest(*modules: ModuleType) -> str:
     """sha256 over the source files of `modules` (and this one): part of every shard fingerprint.
 

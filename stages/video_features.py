@@ -24,9 +24,10 @@ import pyarrow as pa
 import torch
 
 from stages import mcn_corpus, video_pipeline
-from stages.common import dataset, shards, video_io
+from stages.common import dataset, media, shards
 from stages.common.atomic import write_json
 from stages.common.cli import run_stage
+from stages.common.device import device_record, resolve_device
 from stages.common.errors import StageError
 from stages.mcn_corpus import Corpus, Failures, Rows, Shard
 from stages.models import resnet
@@ -109,7 +110,7 @@ def prepare(params: Params) -> Context:
     for name in ("short_side", "batch_size", "chunk_seconds", "threads"):
         if getattr(params, name) < 1:
             raise StageError(f"params.yaml: video_features.{name}", "must be >= 1")
-    device = mcn_corpus.resolve_device(params.device, "video_features.device")
+    device = resolve_device(params.device, "video_features.device")
     record = mcn_corpus.weights_record(params.weights, params.seed)
     return Context(record, device, "bf16 autocast" if device == "cuda" else "fp32")
 
@@ -168,7 +169,7 @@ def shard_tables(shard: Shard, got: Extracted) -> tuple[Rows, Rows, Rows, Failur
 
 def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
-    code = mcn_corpus.code_digest(sys.modules[__name__], video_pipeline, resnet, video_io)
+    code = mcn_corpus.code_digest(sys.modules[__name__], video_pipeline, resnet, media)
     threads = params.threads if context.device == "cpu" else None  # CPU sums depend on it
     digest = shards.fingerprint(VERSION, code, params.short_side, threads, context, shard.inputs())
     if shards.is_complete(ROOT, shard.key, digest):
@@ -206,6 +207,7 @@ def finalize(
     stats = {
         **mcn_corpus.summarise(manifests, removed),
         **context._asdict(),
+        **device_record(context.device),
         "short_side": params.short_side,
         "batch_size": params.batch_size,
         "decode_workers": params.decode_workers,

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from stages.common.video_io import MediaError, iter_second_frames, probe_video
+from stages.common.media import MediaError, iter_second_frames, probe_frames
 from stages.models.resnet import FEATURE_DIM, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def decode_video(index: int, path: str | None, short_side: int, chunk: int) -> I
         yield Chunk(index, -1, empty, "missing", "no video file for this id", NO_META)
         return
     try:
-        info = probe_video(path)
+        info = probe_frames(path)
         for first, frames in iter_second_frames(path, short_side, chunk, info):
             yield Chunk(index, first, frames, "frames", "", NO_META)
     except MediaError as exc:

@@ -1,4 +1,5 @@
-"""The media reader against PyAV's own decode, on real files (good and broken)."""
+"""The media reader against PyAV's own decode, on real files (good and broken); the 1-fps
+feature readers (frame choice, short-side scaling, decord chunks vs PyAV, audio resampling)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,18 @@ from stages.common.errors import StageError
 from stages.common.media import (
     AudioReader,
     FrameReader,
+    MediaError,
+    iter_second_frames,
     probe,
+    probe_frames,
+    read_audio,
     read_gray_frames,
     sample_times,
+    scaled_size,
+    second_indices,
     write_media,
 )
+from stages.mcn_sample import write_mp4
 
 CLICKS = (1.5, 3.25)
 
@@ -170,9 +178,9 @@ def good_mp4(tmp_path_factory):
 
 def test_truncated_mp4_is_an_error_naming_the_file(good_mp4, tmp_path):
     broken = truncate(good_mp4, tmp_path / "cut.mp4")
-    with pytest.raises(StageError, match="cannot be decoded") as info:
+    with pytest.raises(MediaError, match="cannot be decoded") as info:
         probe(broken)
-    assert info.value.where == str(broken)
+    assert info.value.where == str(broken) and info.value.kind == "corrupt"
     with pytest.raises(StageError, match="cannot be decoded"):
         FrameReader(broken, (32, 32))
     with pytest.raises(StageError, match="cannot be decoded") as info:
@@ -192,10 +200,12 @@ def test_truncated_streaming_mp4_is_reported_as_truncated(good_mp4, tmp_path):
 def test_recording_without_audio(tmp_path):
     silent = write_pattern(tmp_path / "silent.mp4", 2.0, 30, (64, 48), audio=False)
     assert probe(silent).audio is None
-    with pytest.raises(StageError, match="no audio track"):
+    with pytest.raises(MediaError, match="no audio track") as info:
         AudioReader(silent)
-    with pytest.raises(StageError, match="recording not found"):
+    assert info.value.kind == "no_audio"
+    with pytest.raises(MediaError, match="recording not found") as info:
         read_gray_frames(tmp_path / "missing.mp4")
+    assert info.value.kind == "missing"
 
 
 def test_mpeg_ts_is_refused_with_advice(tmp_path):
@@ -212,3 +222,85 @@ def test_not_a_video(tmp_path):
         probe(text)
     with pytest.raises(StageError, match="not found"):
         probe(tmp_path / "missing.mp4")
+
+
+# --- 1 fps feature readers ---
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((454, 256), (397, 224)),
+        ((1920, 1080), (398, 224)),
+        ((224, 224), (224, 224)),
+        ((480, 640), (224, 298)),
+    ],
+)
+def test_short_side_scaling_keeps_aspect_without_crop(size, expected):
+    assert scaled_size(*size, 224) == expected
+
+
+def test_one_frame_per_whole_second_nearest_to_t():
+    assert second_indices(90, 30.0).tolist() == [0, 30, 60]
+    assert second_indices(100, 29.97).tolist() == [0, 30, 60]  # round(2 * 29.97) = 60
+    assert second_indices(35, 10.0).tolist() == [0, 10, 20]  # 3.5 s -> 3 whole seconds
+    assert second_indices(6, 10.0).tolist() == [0]  # shorter than a second: its first frame
+
+
+@pytest.fixture(scope="module")
+def one_fps_clip(tmp_path_factory):
+    """5.5 s at 10 fps, 96x64; frame t shows grey level 40 * (t // 10): one level per second."""
+    path = tmp_path_factory.mktemp("video") / "v.mp4"
+    frames = np.repeat((np.arange(55) // 10 * 40).astype(np.uint8), 64 * 96 * 3)
+    t = np.arange(int(5.5 * 22050)) / 22050
+    tone = 0.3 * np.sin(2 * np.pi * 1000 * t)
+    write_mp4(
+        path, frames.reshape(55, 64, 96, 3), np.stack([tone, tone]).astype(np.float32), 10, 22050
+    )
+    return path
+
+
+def test_chunks_hold_at_most_chunk_frames_and_match_pyav(one_fps_clip):
+    import av
+
+    with av.open(str(one_fps_clip)) as container:
+        reference = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    chunks = list(iter_second_frames(one_fps_clip, short_side=64, chunk=2))
+    assert [(s, len(f)) for s, f in chunks] == [(0, 2), (2, 2), (4, 1)]
+    frames = np.concatenate([f for _, f in chunks])
+    assert frames.shape == (5, 64, 96, 3)
+    for second, frame in enumerate(frames):
+        diff = np.abs(frame.astype(int) - reference[second * 10].astype(int))
+        assert diff.mean() < 2.0
+        assert abs(frame.mean() - 40 * second) < 4  # the right second's grey level
+
+
+def test_probe_and_scaled_decoding(one_fps_clip):
+    info = probe_frames(one_fps_clip)
+    assert (info.frames, info.fps, info.width, info.height) == (55, 10.0, 96, 64)
+    _, frames = next(iter_second_frames(one_fps_clip, short_side=224, chunk=8))
+    assert frames.shape == (5, 224, 336, 3)
+
+
+def test_audio_is_16k_mono_at_the_right_pitch(one_fps_clip):
+    wave = read_audio(one_fps_clip, 16000)
+    assert wave.dtype == np.float32 and wave.ndim == 1
+    assert abs(len(wave) - 5.5 * 16000) < 2048  # AAC priming/padding only
+    spectrum = np.abs(np.fft.rfft(wave[4000:20000]))
+    assert np.argmax(spectrum) == pytest.approx(1000, abs=2)  # 16000-sample window: 1 Hz bins
+
+
+def test_unreadable_missing_and_silent_files_raise_classified_media_errors(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
+    with pytest.raises(MediaError) as err:
+        probe_frames(bad)
+    assert err.value.kind == "corrupt" and "bad.mp4" in str(err.value)
+    with pytest.raises(MediaError) as err:
+        probe_frames(tmp_path / "gone.mp4")
+    assert err.value.kind == "missing"
+    silent = tmp_path / "silent.mp4"
+    write_mp4(silent, np.zeros((10, 32, 32, 3), np.uint8), None, 10, 22050)
+    with pytest.raises(MediaError) as err:
+        read_audio(silent, 16000)
+    assert err.value.kind == "no_audio"

@@ -7,7 +7,13 @@ The only module that touches decord or PyAV, so that swapping a backend touches 
   cropped before any conversion, for region features such as the lip stages');
 - `AudioReader`: mono audio by time span, resampled, or a whole track as decoded (PyAV, because
   decord's audio reader is unmaintained and returns NaNs on stereo input);
-- `write_media`: the one encoder (H.264 + AAC, or VP9 + Opus), deterministic.
+- `write_media`: the one encoder (H.264 + AAC, or VP9 + Opus), deterministic;
+- for feature extraction at corpus scale: `iter_second_frames` (1 fps, short side scaled, in
+  chunks of bounded memory, on `FrameReader`; `probe_frames`, `scaled_size`, `second_indices`)
+  and `read_audio` (a whole track to mono at a rate, resampled by FFmpeg).
+
+Every problem is a `MediaError` (a `StageError`) whose `kind` (missing, corrupt, no_audio, short,
+unsupported) lets corpus-scale stages record a failure row and go on.
 
 Everything is addressed by time in seconds on the recording's timeline: 0 is the first video frame
 (as in decord, and as players show it), whatever offset the container gives its streams (MPEG-TS
@@ -22,7 +28,7 @@ length of the recording.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -40,6 +46,18 @@ TIME_EPS = 1e-4
 # pre-roll (AAC: one frame; Opus: 80 ms and more after a cold start), and the resampler needs
 # context at the span's edges.
 AUDIO_MARGIN = 0.2
+
+
+class MediaError(StageError):
+    """A recording that cannot be used, classified by `kind` so that corpus-scale stages can
+    record a failure row and go on: 'missing', 'corrupt', 'no_audio', 'short' or 'unsupported'.
+
+    Every media problem raised here is one; being a `StageError`, it reads the same to the CLI.
+    """
+
+    def __init__(self, where: str | Path, problem: str, kind: str) -> None:
+        super().__init__(where, problem)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -74,15 +92,17 @@ def probe(path: str | Path) -> MediaInfo:
     """
     path = Path(path)
     if not path.is_file():
-        raise StageError(path, "recording not found")
+        raise MediaError(path, "recording not found", "missing")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise StageError(path, "no video stream")
+                raise MediaError(path, "no video stream", "corrupt")
             if container.format.name == "mpegts":
                 # decord seeks to wrong frames in MPEG-TS (its streams have no sample index).
-                raise StageError(
-                    path, "MPEG-TS is not supported: remux it first (ffmpeg -i IN -c copy OUT.mkv)"
+                raise MediaError(
+                    path,
+                    "MPEG-TS is not supported: remux it first (ffmpeg -i IN -c copy OUT.mkv)",
+                    "unsupported",
                 )
             vs = container.streams.video[0]
             aus = container.streams.audio[0] if container.streams.audio else None
@@ -106,13 +126,15 @@ def probe(path: str | Path) -> MediaInfo:
     except StageError:
         raise
     except (av.FFmpegError, OSError) as exc:
-        raise StageError(path, f"cannot be decoded ({exc})") from None
+        raise MediaError(path, f"cannot be decoded ({exc})", "corrupt") from None
     if info_video.frames == 0 or info_video.fps <= 0:
-        raise StageError(path, "video stream has no frames")
+        raise MediaError(path, "video stream has no frames", "corrupt")
     duration = ends["video"] if aus is None else min(ends["video"], ends.get("audio", 0.0))
     if claimed is not None and duration < claimed - 0.5:
-        raise StageError(
-            path, f"truncated: data ends at {duration:.2f} s, the header says {claimed:.2f} s"
+        raise MediaError(
+            path,
+            f"truncated: data ends at {duration:.2f} s, the header says {claimed:.2f} s",
+            "corrupt",
         )
     return MediaInfo(path, duration, info_video, info_audio)
 
@@ -150,13 +172,13 @@ def _decode_first(container: av.container.InputContainer, vs, aus, path: Path) -
         for _ in container.decode(stream):
             break
         else:
-            raise StageError(path, f"{stream.type} stream decodes to nothing")
+            raise MediaError(path, f"{stream.type} stream decodes to nothing", "corrupt")
 
 
 def require_audio(info: MediaInfo) -> AudioInfo:
     """The audio of a probed recording, or a `StageError` naming it."""
     if info.audio is None:
-        raise StageError(info.path, "no audio track")
+        raise MediaError(info.path, "no audio track", "no_audio")
     return info.audio
 
 
@@ -184,7 +206,9 @@ class FrameReader:
             )
             self.starts = self._reader.get_frame_timestamp(np.arange(len(self._reader)))[:, 0]
         except Exception as exc:  # decord raises its own DECORDError / RuntimeError
-            raise StageError(self.path, f"cannot be decoded ({_first_line(exc)})") from None
+            raise MediaError(
+                self.path, f"cannot be decoded ({_first_line(exc)})", "corrupt"
+            ) from None
         self.starts = self.starts.astype(np.float64)
 
     def indices_at(self, times: np.ndarray) -> np.ndarray:
@@ -195,9 +219,92 @@ class FrameReader:
     def frames_at(self, times: np.ndarray) -> np.ndarray:
         """RGB frames (n, h, w, 3) uint8 shown at `times` (seconds, ascending)."""
         try:
-            return self._reader.get_batch(self.indices_at(times).tolist()).asnumpy()
+            return self._batch(self.indices_at(times))
         except Exception as exc:
-            raise StageError(self.path, f"cannot be decoded ({_first_line(exc)})") from None
+            raise MediaError(
+                self.path, f"cannot be decoded ({_first_line(exc)})", "corrupt"
+            ) from None
+
+    def _batch(self, indices: np.ndarray) -> np.ndarray:
+        """Frames by index; decord's own exception on failure (callers say what was read)."""
+        return self._reader.get_batch(np.asarray(indices).tolist()).asnumpy()
+
+
+# --- 1 fps frames for feature extraction (HowTo100M conventions) ---------------------------------
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """What decord decodes of a recording: frame count, average rate and frame size."""
+
+    frames: int
+    fps: float
+    width: int
+    height: int
+
+
+def probe_frames(path: str | Path) -> DecodedVideo:
+    """Open a recording with decord (the reader that `iter_second_frames` indexes) and describe it.
+
+    Lighter than `probe` (no demux pass, no truncation or audio checks): feature extraction takes
+    whatever frames decode. A file decord cannot open is a `MediaError` of kind 'corrupt'.
+    """
+    import decord
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(path, "video file not found", "missing")
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    except Exception as exc:  # decord raises its own DECORDError or RuntimeError
+        raise MediaError(path, f"cannot open video ({_first_line(exc)})", "corrupt") from None
+    if len(reader) == 0:
+        raise MediaError(path, "video stream has no frames", "corrupt")
+    height, width = reader[0].shape[:2]
+    fps = float(reader.get_avg_fps())
+    if not fps > 0:
+        raise MediaError(path, f"invalid frame rate {fps}", "corrupt")
+    return DecodedVideo(len(reader), fps, int(width), int(height))
+
+
+def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(w, h) with the short side `short_side`, aspect kept, no crop: 454x256 -> 397x224."""
+    if height >= width:
+        return short_side, int(height * short_side / width)
+    return int(width * short_side / height), short_side
+
+
+def second_indices(frames: int, fps: float) -> np.ndarray:
+    """Frame index nearest to t = 0, 1, 2, ... s (ffmpeg's fps=1 filter), one per whole second.
+
+    A video shorter than one second gets its first frame (the documented fallback; the reference
+    extractor produced nothing for it).
+    """
+    seconds = max(1, math.floor(frames / fps + 1e-9))
+    return np.minimum(np.round(np.arange(seconds) * fps).astype(np.int64), frames - 1)
+
+
+def iter_second_frames(
+    path: str | Path, short_side: int, chunk: int, info: DecodedVideo | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (first second, uint8 frames (n <= chunk, h, w, 3)) at 1 fps, short side scaled.
+
+    Built on `FrameReader`, which decord scales while decoding, so a chunk holds `chunk` frames
+    of the target size and nothing else: memory is bounded whatever the video's length. Indices
+    go forward only (decord's accurate seeks grow memory when they jump around).
+    """
+    path = Path(path)
+    info = info or probe_frames(path)
+    reader = FrameReader(path, scaled_size(info.width, info.height, short_side))
+    indices = second_indices(info.frames, info.fps)
+    for lo in range(0, len(indices), chunk):
+        try:
+            batch = reader._batch(indices[lo : lo + chunk])
+        except Exception as exc:
+            raise MediaError(
+                path, f"decoding failed at second {lo} ({exc})"[:300], "corrupt"
+            ) from None
+        yield lo, batch
 
 
 # 8-bit planar YUV: the luma plane is the grey picture, so no colour conversion is needed.
@@ -221,7 +328,7 @@ def read_gray_frames(
     out = []
     with _open_input(path) as container:
         if not container.streams.video:
-            raise StageError(path, "no video stream")
+            raise MediaError(path, "no video stream", "corrupt")
         stream = container.streams.video[0]
         stream.codec_context.thread_count = threads
         x, y, w, h = box if box else (0, 0, stream.codec_context.width, stream.codec_context.height)
@@ -229,11 +336,11 @@ def read_gray_frames(
             for frame in container.decode(stream):
                 out.append(_gray(frame, x, y, w, h))
         except av.FFmpegError as exc:
-            raise StageError(
-                path, f"video decoding failed after {len(out)} frames ({exc})"
+            raise MediaError(
+                path, f"video decoding failed after {len(out)} frames ({exc})", "corrupt"
             ) from None
     if not out:
-        raise StageError(path, "video stream has no frames")
+        raise MediaError(path, "video stream has no frames", "corrupt")
     return np.stack(out)
 
 
@@ -249,11 +356,11 @@ def _gray(frame: av.VideoFrame, x: int, y: int, w: int, h: int) -> np.ndarray:
 
 def _open_input(path: Path) -> av.container.InputContainer:
     if not path.is_file():
-        raise StageError(path, "recording not found")
+        raise MediaError(path, "recording not found", "missing")
     try:
         return av.open(str(path))
     except (av.FFmpegError, OSError) as exc:
-        raise StageError(path, f"cannot be decoded ({exc})") from None
+        raise MediaError(path, f"cannot be decoded ({exc})", "corrupt") from None
 
 
 class AudioReader:
@@ -272,7 +379,7 @@ class AudioReader:
         self._container = _open_input(self.path)
         if not self._container.streams.audio:
             self.close()
-            raise StageError(self.path, "no audio track")
+            raise MediaError(self.path, "no audio track", "no_audio")
         self._stream = self._container.streams.audio[0]
         video = self._container.streams.video
         self._origin = _origin(video[0]) if video else 0.0
@@ -317,9 +424,9 @@ class AudioReader:
                 chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
             chunks.extend(f.to_ndarray() for f in resampler.resample(None))
         except av.FFmpegError as exc:
-            raise StageError(self.path, f"audio cannot be decoded ({exc})") from None
+            raise MediaError(self.path, f"audio cannot be decoded ({exc})", "corrupt") from None
         if not chunks:
-            raise StageError(self.path, "audio track has no samples")
+            raise MediaError(self.path, "audio track has no samples", "no_audio")
         return np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
 
     def _decode(self, start: float, end: float) -> tuple[np.ndarray, int]:
@@ -345,9 +452,9 @@ class AudioReader:
                 if at + frame.samples / self.rate >= end:
                     break
         except av.FFmpegError as exc:
-            raise StageError(self.path, f"audio cannot be decoded ({exc})") from None
+            raise MediaError(self.path, f"audio cannot be decoded ({exc})", "corrupt") from None
         if not chunks:
-            raise StageError(self.path, f"no audio at {start:.3f} s")
+            raise MediaError(self.path, f"no audio at {start:.3f} s", "short")
         first = round((first_time - self._origin) * self.rate)
         if seconds * self.rate > 1:
             # Timestamps coarser than a sample (Matroska, WebM: 1 ms) only locate a frame to
@@ -395,6 +502,36 @@ def _planar_float(frame: av.AudioFrame) -> np.ndarray:
     if data.dtype.kind == "i":
         data = data.astype(np.float32) / np.iinfo(data.dtype).max
     return data.astype(np.float32, copy=False)
+
+
+def read_audio(path: str | Path, rate: int) -> np.ndarray:
+    """The whole first audio track as float32 mono at `rate`, downmixed and resampled by FFmpeg
+    (libswresample), as the reference feature extractors do (audio_features' 16 kHz front end).
+
+    Not `AudioReader`: that one mixes channels by their mean and resamples with soxr on the
+    recording's own sample grid, which gives other samples; the feature stages keep FFmpeg's.
+    No audio stream is a `MediaError` of kind 'no_audio', an unreadable file one of 'corrupt'.
+    """
+    path = Path(path)
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as exc:
+        raise MediaError(path, f"cannot open ({exc})", "corrupt") from None
+    with container:
+        if not container.streams.audio:
+            raise MediaError(path, "no audio stream", "no_audio")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        parts = []
+        try:
+            for frame in container.decode(stream):
+                parts.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+            parts.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+        except av.FFmpegError as exc:
+            raise MediaError(path, f"audio decoding failed ({exc})", "corrupt") from None
+    if not parts:
+        raise MediaError(path, "audio stream has no samples", "no_audio")
+    return np.concatenate(parts).astype(np.float32, copy=False)
 
 
 def _first_line(exc: Exception) -> str:
