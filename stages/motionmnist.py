@@ -184,14 +184,20 @@ def positions(motions: np.ndarray, jitter: np.ndarray) -> np.ndarray:
     return np.trunc(exact).astype(np.int32)
 
 
-def paste(patches: np.ndarray, corners: np.ndarray, canvas: int = CANVAS) -> np.ndarray:
+def paste(
+    patches: np.ndarray, corners: np.ndarray, canvas: int = CANVAS, out: np.ndarray | None = None
+) -> np.ndarray:
     """Paste (n, 28, 28) patches onto black (n, canvas, canvas) frames at (x, y) corners, clipped.
 
     Patches wholly inside the canvas (all but a few percent) are copied in one indexed assignment
-    through a strided view of every 28x28 window; the rest are clipped one by one.
+    through a strided view of every 28x28 window; the rest are clipped one by one. `out`, if
+    given, is a C-contiguous uint8 (n, canvas, canvas) array to draw into (saves a copy).
     """
     n = len(patches)
-    out = np.zeros((n, canvas, canvas), np.uint8)
+    if out is None:
+        out = np.zeros((n, canvas, canvas), np.uint8)
+    else:
+        out.fill(0)
     x, y = corners[:, 0], corners[:, 1]
     inside = (x >= 0) & (y >= 0) & (x <= canvas - DIGIT) & (y <= canvas - DIGIT)
     span = canvas - DIGIT + 1
@@ -212,16 +218,22 @@ def paste(patches: np.ndarray, corners: np.ndarray, canvas: int = CANVAS) -> np.
 
 
 def render(
-    digits: np.ndarray, motions: np.ndarray, angles: np.ndarray, jitter: np.ndarray
+    digits: np.ndarray,
+    motions: np.ndarray,
+    angles: np.ndarray,
+    jitter: np.ndarray,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render videos: digits (n, 28, 28), motions (n,), angles (n, T), jitter (n, T, 2).
 
-    Returns frames (n, T, 64, 64) uint8 and the pasted corners (n, T, 2) as (x, y).
+    Returns frames (n, T, 64, 64) uint8 (drawn into `out` if given) and the pasted corners
+    (n, T, 2) as (x, y).
     """
     n, frames = angles.shape
     corners = positions(motions, jitter)
     patches = rotate_nearest(digits, angles.reshape(-1), np.repeat(np.arange(n), frames))
-    video = paste(patches, corners.reshape(-1, 2))
+    flat_out = None if out is None else out.reshape(n * frames, CANVAS, CANVAS)
+    video = paste(patches, corners.reshape(-1, 2), out=flat_out)
     return video.reshape(n, frames, CANVAS, CANVAS), corners
 
 
@@ -316,11 +328,12 @@ def render_shard(job: ShardJob) -> int:
     corners = np.empty((n_videos, FRAMES, 2), np.int32)
     for lo in range(0, n_videos, RENDER_BATCH):
         part = slice(lo, lo + RENDER_BATCH)
-        frames[part], corners[part] = render(
-            job.images[digit_of_video[lo : lo + RENDER_BATCH]],
+        _, corners[part] = render(
+            job.images[digit_of_video[part]],
             motions[part],
             angles[part],
             offsets[part],
+            frames[part],
         )
     digit_index = job.first_digit + digit_of_video
     columns = {
