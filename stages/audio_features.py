@@ -122,8 +122,7 @@ def windows_schema(window: int, context: Context) -> dataset.SampleSchema:
         doc="Log-mel window per clip (40 x W at 100 frames/s, dB below the file max, zero-padded "
         "after n_frames valid frames).",
         columns=(
-            dataset.Column("corpus", pa.string(), "corpus name"),
-            dataset.Column("video", pa.string(), "video id"),
+            *mcn_corpus.VIDEO_KEY,
             dataset.Column("clip", pa.int32(), "clip index within the video (by start time)"),
             dataset.Column("start", pa.float64(), "clip start, s"),
             dataset.Column("end", pa.float64(), "clip end, s"),
@@ -151,8 +150,7 @@ EMBEDDINGS_SCHEMA = dataset.SampleSchema(
     name="mcn_features/audio_embeddings/v1",
     doc="DaveNet embedding per clip: mean of the 1024-d outputs over the valid frames.",
     columns=(
-        dataset.Column("corpus", pa.string(), "corpus name"),
-        dataset.Column("video", pa.string(), "video id"),
+        *mcn_corpus.VIDEO_KEY,
         dataset.Column("clip", pa.int32(), "clip index within the video"),
         dataset.Column("status", pa.string(), "as in the windows table; zeros unless ok"),
         dataset.ArrayColumn("embedding", "float32", (EMBED_DIM,), "masked mean over time"),
@@ -162,8 +160,7 @@ VIDEOS_SCHEMA = dataset.SampleSchema(
     name="mcn_features/audio_videos/v1",
     doc="One row per video: what was decoded.",
     columns=(
-        dataset.Column("corpus", pa.string(), "corpus name"),
-        dataset.Column("video", pa.string(), "video id"),
+        *mcn_corpus.VIDEO_KEY,
         dataset.Column("status", pa.string(), "ok, no_audio, corrupt, missing"),
         dataset.Column("samples", pa.int64(), "16 kHz samples decoded"),
         dataset.Column("frames", pa.int32(), "spectrogram frames (100 per second)"),

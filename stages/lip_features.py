@@ -31,6 +31,7 @@ from stages.common.images import save_grid
 from stages.common.media import probe, read_gray_frames
 from stages.common.workers import worker_count
 from stages.lip_transform import LipTransform, dct2, fit_pca, select_coefficients
+from stages.lipspeech_corpus import Corpus
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,6 @@ OUT = Path("data/lipspeech/lip")
 TRANSFORM = Path("data/lipspeech/lip_transform.npz")
 REPORTS = Path("reports/lipspeech")
 PREVIEW_SCALE = 3  # ROI pixels per preview pixel side
-
-
-@dataclass(frozen=True)
-class Corpus:
-    table: Path = Path("data/lipspeech/corpus/utterances.csv")
 
 
 @dataclass(frozen=True)

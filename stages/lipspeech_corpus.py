@@ -29,6 +29,13 @@ SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
+class Corpus:
+    """Params: where a lip/speech corpus's utterance table is (its videos sit beside it)."""
+
+    table: Path = Path("data/lipspeech/corpus/utterances.csv")
+
+
+@dataclass(frozen=True)
 class Entry:
     utterance: str
     path: Path

@@ -167,12 +167,17 @@ def weights_record(path: Path | None, seed: int) -> dict[str, Any]:
     return {"weights": str(path), "sha256": file_digest(path)}
 
 
+# The columns every MCN feature table is keyed by (one definition, so the schemas agree).
+VIDEO_KEY = (
+    dataset.Column("corpus", pa.string(), "corpus name"),
+    dataset.Column("video", pa.string(), "video id"),
+)
+
 FAILURES_SCHEMA = dataset.SampleSchema(
     name="mcn_features/failures/v1",
     doc="Problems met while extracting features: one row per video (clip -1) or clip.",
     columns=(
-        dataset.Column("corpus", pa.string(), "corpus name"),
-        dataset.Column("video", pa.string(), "video id"),
+        *VIDEO_KEY,
         dataset.Column("clip", pa.int32(), "clip index within the video, -1 for the whole video"),
         dataset.Column("severity", pa.string(), "error (no features) or warning (a fallback used)"),
         dataset.Column("kind", pa.string(), "missing, corrupt, short, no_audio, no_known_words"),

@@ -34,6 +34,7 @@ from stages.common.images import save_grid
 from stages.common.mcd import mcd_frames
 from stages.common.media import AudioReader
 from stages.common.workers import worker_count
+from stages.lipspeech_corpus import Corpus
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,6 @@ OUT = Path("data/lipspeech/mcep")
 REPORTS = Path("reports/lipspeech")
 MAX_MCD_VS_PYSPTK = 0.05  # dB: the promised agreement with the reference implementation
 AUDIO_SLACK = 0.05  # seconds an audio track may fall short of the table's duration
-
-
-@dataclass(frozen=True)
-class Corpus:
-    table: Path = Path("data/lipspeech/corpus/utterances.csv")
 
 
 @dataclass(frozen=True)
@@ -63,6 +59,18 @@ class Analysis:
     etype: int = 1  # 1: add eps to the periodogram, so digital silence stays finite
     eps: float = 1.0e-8
     min_det: float = 1.0e-6
+
+    @property
+    def solver(self) -> dict:
+        """SPTK's iteration settings, spelled as both our mcep and pysptk's take them."""
+        return {
+            "miniter": self.miniter,
+            "maxiter": self.maxiter,
+            "threshold": self.threshold,
+            "etype": self.etype,
+            "eps": self.eps,
+            "min_det": self.min_det,
+        }
 
 
 @dataclass(frozen=True)
@@ -113,17 +121,7 @@ def frames_of(signal: np.ndarray, a: Analysis) -> np.ndarray:
 
 def analyse(signal: np.ndarray, a: Analysis) -> np.ndarray:
     """Mel-cepstra (T, order+1) of a mono signal at a.sample_rate."""
-    return melcep.mcep(
-        frames_of(signal, a),
-        a.order,
-        a.alpha,
-        miniter=a.miniter,
-        maxiter=a.maxiter,
-        threshold=a.threshold,
-        etype=a.etype,
-        eps=a.eps,
-        min_det=a.min_det,
-    )
+    return melcep.mcep(frames_of(signal, a), a.order, a.alpha, **a.solver)
 
 
 @dataclass(frozen=True)
@@ -173,17 +171,7 @@ def check_against_pysptk(results: list[Result], a: Analysis, count: int) -> dict
             samples, rate = read_audio(r.entry.path)
             frames = frames_of(speech_at(samples, rate, a.sample_rate, r.entry.path), a)
             for k in local:
-                reference = pysptk.sptk.mcep(
-                    frames[k],
-                    order=a.order,
-                    alpha=a.alpha,
-                    miniter=a.miniter,
-                    maxiter=a.maxiter,
-                    threshold=a.threshold,
-                    etype=a.etype,
-                    eps=a.eps,
-                    min_det=a.min_det,
-                )
+                reference = pysptk.sptk.mcep(frames[k], order=a.order, alpha=a.alpha, **a.solver)
                 picked.append((r.mcep[k], reference))
     ours, reference = (np.array(x) for x in zip(*picked, strict=True))
     distortion = mcd_frames(ours, reference)

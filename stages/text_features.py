@@ -140,8 +140,7 @@ def schema(dim: int, record: dict) -> dataset.SampleSchema:
         name="mcn_features/text_words/v1",
         doc="word2vec of each clip's caption: the first 20 known tokens, zero-padded.",
         columns=(
-            dataset.Column("corpus", pa.string(), "corpus name"),
-            dataset.Column("video", pa.string(), "video id"),
+            *mcn_corpus.VIDEO_KEY,
             dataset.Column("clip", pa.int32(), "clip index within the video (by start time)"),
             dataset.Column("caption", pa.string(), "the caption as given"),
             dataset.Column("tokens", pa.string(), "the kept words, space-separated"),

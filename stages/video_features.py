@@ -66,8 +66,7 @@ SECONDS_SCHEMA = dataset.SampleSchema(
     name="mcn_features/video_seconds/v1",
     doc="ResNet-152 pool features at 1 fps: one row per (video, second); L2-normalised, float16.",
     columns=(
-        dataset.Column("corpus", pa.string(), "corpus name"),
-        dataset.Column("video", pa.string(), "video id"),
+        *mcn_corpus.VIDEO_KEY,
         dataset.Column("second", pa.int32(), "t of the frame (frame nearest t s)"),
         dataset.ArrayColumn("feature", "float16", (FEATURE_DIM,), "L2-normalised 2048-d pool"),
     ),
@@ -76,8 +75,7 @@ CLIPS_SCHEMA = dataset.SampleSchema(
     name="mcn_features/video_clips/v1",
     doc="Per clip: max-pool over its seconds, L2-normalised; zeros and empty=true if no seconds.",
     columns=(
-        dataset.Column("corpus", pa.string(), "corpus name"),
-        dataset.Column("video", pa.string(), "video id"),
+        *mcn_corpus.VIDEO_KEY,
         dataset.Column("clip", pa.int32(), "clip index within the video (by start time)"),
         dataset.Column("start", pa.float64(), "clip start, s"),
         dataset.Column("end", pa.float64(), "clip end, s"),
@@ -92,8 +90,7 @@ VIDEOS_SCHEMA = dataset.SampleSchema(
     name="mcn_features/video_videos/v1",
     doc="One row per video: what was decoded.",
     columns=(
-        dataset.Column("corpus", pa.string(), "corpus name"),
-        dataset.Column("video", pa.string(), "video id"),
+        *mcn_corpus.VIDEO_KEY,
         dataset.Column("status", pa.string(), "ok, short (< 1 s: first frame), corrupt, missing"),
         dataset.Column("seconds", pa.int32(), "feature rows written"),
         dataset.Column("width", pa.int32(), "source frame width, px"),
