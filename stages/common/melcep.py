@@ -99,8 +99,8 @@ def periodogram(frames: np.ndarray, etype: int = 0, eps: float = 0.0) -> np.ndar
     etype 0: as is; 1: plus eps; 2: floored at eps dB (negative) below each frame's peak.
     """
     spectrum = scipy.fft.rfft(frames, axis=-1)
-    pairs = spectrum.view(np.float64).reshape(*spectrum.shape, 2)
-    power = np.einsum("...k,...k->...", pairs, pairs)
+    power = np.square(spectrum.real)
+    power += np.square(spectrum.imag)
     if etype == 1:
         if eps < 0:
             raise ValueError("etype 1 needs eps >= 0")
@@ -144,15 +144,16 @@ def mcep(
             f"periodogram has zeros or non-finite values in frames {bad[:5].tolist()}"
             f"{' ...' if bad.size > 5 else ''}: floor it with etype 1 or 2"
         )
+    log_power = np.log(power)
     mc = np.empty((len(frames), order + 1))
     for lo in range(0, len(frames), BLOCK):
         block = slice(lo, lo + BLOCK)
-        mc[block] = _newton(power[block], ops, miniter, maxiter, threshold, min_det, lo)
+        mc[block] = _newton(log_power[block], ops, miniter, maxiter, threshold, min_det, lo)
     return mc
 
 
 def _newton(
-    power: np.ndarray,
+    log_power: np.ndarray,
     ops: Operators,
     miniter: int,
     maxiter: int,
@@ -160,17 +161,17 @@ def _newton(
     min_det: float,
     first: int,
 ) -> np.ndarray:
-    """SPTK's Newton-Raphson iterations for one block of frames' periodograms."""
-    log_power = np.log(power)
+    """SPTK's Newton-Raphson iterations for one block of frames' log periodograms."""
     mc = log_power @ ops.start
     previous = log_power @ ops.first_c0  # SPTK's first convergence reference
-    active = np.arange(len(power))
+    active = np.arange(len(log_power))
     order = mc.shape[1] - 1
     for step in range(1, maxiter + 1):
         full = len(active) == len(mc)  # skip the gathers while no frame has converged
+        # power / |H|^2 = exp(log power - 2 log|H|)
         weighted = (mc if full else mc[active]) @ ops.inverse_power
+        weighted += log_power if full else log_power[active]
         np.exp(weighted, out=weighted)
-        weighted *= power if full else power[active]
         r = weighted @ ops.autocorrelation
         if step >= miniter:
             going = np.abs((r[:, 0] - previous[active]) / r[:, 0]) >= threshold
