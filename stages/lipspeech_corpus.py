@@ -13,7 +13,6 @@ import csv
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -86,29 +85,15 @@ def provenance(table: Path) -> dict:
     return {"table": str(table), "sha256": file_digest(table)}
 
 
-@dataclass(frozen=True)
-class _Failed:
-    where: str
-    problem: str
-
-
-def _catching(fn: Callable[[J], R], job: J) -> R | _Failed:
-    # StageError does not survive pickling back from a worker; carry its parts instead.
-    try:
-        return fn(job)
-    except StageError as exc:
-        return _Failed(exc.where, exc.problem)
-
-
 def map_utterances(fn: Callable[[J], R], jobs: list[J], workers: int, desc: str) -> list[R]:
     """fn over jobs in `workers` processes, in order, with progress; the first StageError (in job
     order) is raised in this process, so callers validate everything before writing anything."""
     results = []
     with ProcessPoolExecutor(workers) as pool:
-        mapped = pool.map(partial(_catching, fn), jobs)
-        for result in progress(mapped, desc=desc, total=len(jobs), unit="utt"):
-            if isinstance(result, _Failed):
-                pool.shutdown(cancel_futures=True)
-                raise StageError(result.where, result.problem)
-            results.append(result)
+        try:
+            for result in progress(pool.map(fn, jobs), desc=desc, total=len(jobs), unit="utt"):
+                results.append(result)
+        except StageError:
+            pool.shutdown(cancel_futures=True)  # the jobs not started yet
+            raise
     return results

@@ -4,6 +4,7 @@ feature readers (frame choice, short-side scaling, decord chunks vs PyAV, audio 
 from __future__ import annotations
 
 import hashlib
+import pickle
 from fractions import Fraction
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import soxr
 from media_samples import (
     frame_index,
+    pattern_audio,
     pattern_frame,
     pyav_audio,
     pyav_frames,
@@ -91,6 +93,24 @@ def test_audio_has_the_exact_length_and_its_clicks_where_they_are(recording):
     loud = np.flatnonzero(np.abs(clip) > 0.6)
     onsets = loud[np.diff(loud, prepend=-100) > 100] / 16000 + 1.0
     assert onsets == pytest.approx(CLICKS, abs=0.002)
+
+
+def test_frames_read_through_key_frames_match_frames_read_one_by_one(tmp_path):
+    # 60 fps, a key frame every 10: 30 fps times from an even frame step over key frames, which
+    # FrameReader bridges by reading the frame before each; the output must not change.
+    path = tmp_path / "short-gop.mp4"
+    frames = (pattern_frame(i, 64, 96) for i in range(120))
+    write_media(path, frames, 60, pattern_audio(2.0, 48000, []), gop=10)
+    reader = FrameReader(path, (64, 64))
+    times = sample_times(0.2, 40, 30)
+    wanted = reader.indices_at(times)
+    assert wanted.tolist() == list(range(12, 92, 2))
+    assert set(reader.bridges(wanted).tolist()) >= {19, 39, 59, 79}
+    got = reader.frames_at(times)
+    assert [frame_index(f) for f in got] == wanted.tolist()
+    alone = FrameReader(path, (64, 64))
+    for k in (0, 3, 4, 39):  # one at a time, no bridging
+        np.testing.assert_array_equal(got[k], alone.frames_at(times[k : k + 1])[0])
 
 
 def test_audio_agrees_with_resampling_the_whole_track(recording):
@@ -304,3 +324,13 @@ def test_unreadable_missing_and_silent_files_raise_classified_media_errors(tmp_p
     with pytest.raises(MediaError) as err:
         read_audio(silent, 16000)
     assert err.value.kind == "no_audio"
+
+
+def test_media_errors_cross_process_boundaries_intact():
+    # Workers raise them; the parent must see the same file, problem and kind.
+    error = pickle.loads(pickle.dumps(MediaError("clips/a.mp4", "no audio track", "no_audio")))
+    assert isinstance(error, MediaError)
+    assert (error.where, error.problem, error.kind) == ("clips/a.mp4", "no audio track", "no_audio")
+    assert str(error) == "clips/a.mp4: no audio track"
+    plain = pickle.loads(pickle.dumps(StageError("params.yaml: x", "must be > 0")))
+    assert type(plain) is StageError and str(plain) == "params.yaml: x: must be > 0"

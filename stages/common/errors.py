@@ -15,3 +15,8 @@ class StageError(Exception):
         self.where = str(where)
         self.problem = problem
         super().__init__(f"{self.where}: {problem}")
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its fields (Exception pickles `args`, the joined message), so it crosses
+        # from a worker process to the parent intact.
+        return type(self), (self.where, self.problem)
