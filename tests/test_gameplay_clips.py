@@ -184,23 +184,26 @@ def test_missing_column_is_named(corpus, tmp_path):
         ("sound-only.mp4", "no video stream"),
     ],
 )
-def test_broken_recording_stops_the_stage_naming_the_file(corpus, tmp_path, name, problem):
+@pytest.mark.parametrize("workers", [1, 2])  # 2: the error comes back from a worker process
+def test_broken_recording_stops_the_stage_naming_the_file(corpus, tmp_path, name, problem, workers):
     rows = [GOOD_ROWS[0], {"recording": name, "time": 2.0, "label": "death"}]
     events = write_events(tmp_path / "events.csv", rows)
     with pytest.raises(StageError, match=problem) as info:
-        gc.build(make_params(corpus, events), tmp_path / "clips")
+        gc.build(make_params(corpus, events, workers=workers), tmp_path / "clips")
     assert info.value.where == str(corpus / name)
     assert not (tmp_path / "clips").exists()
 
 
-def test_skip_mode_lists_broken_recordings_and_goes_on(corpus, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_skip_mode_lists_broken_recordings_and_goes_on(corpus, tmp_path, workers):
     rows = [
         {"recording": "cut.mp4", "time": 2.0, "label": "death"},
         GOOD_ROWS[0],
         {"recording": "silent.mp4", "time": 3.0, "label": "stomp"},
     ]
     events = write_events(tmp_path / "events.csv", rows)
-    outcome = gc.build(make_params(corpus, events, on_bad_recording="skip"), tmp_path / "clips")
+    params = make_params(corpus, events, on_bad_recording="skip", workers=workers)
+    outcome = gc.build(params, tmp_path / "clips")
     assert [f["row"] for f in outcome.failures] == [1, 3]
     assert "cannot be decoded" in outcome.failures[0]["error"]
     assert "no audio track" in outcome.failures[1]["error"]

@@ -59,6 +59,9 @@ class MediaError(StageError):
         super().__init__(where, problem)
         self.kind = kind
 
+    def __reduce__(self) -> tuple:
+        return type(self), (self.where, self.problem, self.kind)
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -187,6 +190,9 @@ def sample_times(start: float, count: int, fps: float) -> np.ndarray:
     return start + np.arange(count, dtype=np.float64) / fps
 
 
+BRIDGE_MAX = 8  # frames: see FrameReader.bridged
+
+
 class FrameReader:
     """Frames of one recording by time, decoded and resized by decord.
 
@@ -205,6 +211,7 @@ class FrameReader:
                 str(self.path), width=width, height=height, num_threads=threads
             )
             self.starts = self._reader.get_frame_timestamp(np.arange(len(self._reader)))[:, 0]
+            self._keys = np.asarray(self._reader.get_key_indices(), np.int64)
         except Exception as exc:  # decord raises its own DECORDError / RuntimeError
             raise MediaError(
                 self.path, f"cannot be decoded ({_first_line(exc)})", "corrupt"
@@ -218,12 +225,33 @@ class FrameReader:
 
     def frames_at(self, times: np.ndarray) -> np.ndarray:
         """RGB frames (n, h, w, 3) uint8 shown at `times` (seconds, ascending)."""
+        wanted = self.indices_at(times)
+        bridges = self.bridges(wanted)
+        read = np.union1d(wanted, bridges) if bridges.size else wanted
         try:
-            return self._batch(self.indices_at(times))
+            frames = self._batch(read)
         except Exception as exc:
             raise MediaError(
                 self.path, f"cannot be decoded ({_first_line(exc)})", "corrupt"
             ) from None
+        return frames[np.searchsorted(read, wanted)] if bridges.size else frames
+
+    def bridges(self, indices: np.ndarray) -> np.ndarray:
+        """Frames to read as well so that decord decodes straight through the key frames that
+        short steps between `indices` (ascending) jump over: the frame before each such key.
+
+        decord decodes forward while the next index is in the current GOP, but when it lies past
+        a key frame it stops its decoder thread, flushes and seeks, even if that key frame is the
+        next packet. One extra frame converted per key frame is much cheaper (60 -> 30 fps clips:
+        ~25% less CPU). Steps of `BRIDGE_MAX` frames or more are left to decord's seek.
+        """
+        indices = np.asarray(indices, np.int64)
+        after, before = indices[:-1] + 1, indices[1:]  # decord sits at `after` before the step
+        step = np.searchsorted(before, self._keys, side="left")  # the step each key falls in
+        inside = step < len(before)
+        keys, step = self._keys[inside], step[inside]
+        jumped = (after[step] < keys) & (before[step] - after[step] < BRIDGE_MAX)
+        return keys[jumped] - 1
 
     def _batch(self, indices: np.ndarray) -> np.ndarray:
         """Frames by index; decord's own exception on failure (callers say what was read)."""
