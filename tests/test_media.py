@@ -334,3 +334,10 @@ def test_media_errors_cross_process_boundaries_intact():
     assert str(error) == "clips/a.mp4: no audio track"
     plain = pickle.loads(pickle.dumps(StageError("params.yaml: x", "must be > 0")))
     assert type(plain) is StageError and str(plain) == "params.yaml: x: must be > 0"
+
+
+def test_a_frame_size_decord_cannot_output_is_named_as_such(tmp_path):
+    path = write_pattern(tmp_path / "p.mp4", 1.0, 30, (96, 64))
+    with pytest.raises(MediaError, match="decord cannot output 48x48 frames") as info:
+        FrameReader(path, (48, 48)).frames_at(sample_times(0.0, 4, 30))
+    assert info.value.kind == "unsupported"

@@ -205,6 +205,7 @@ class FrameReader:
         import decord
 
         self.path = Path(path)
+        self.size = size
         width, height = size if size is not None else (-1, -1)
         try:
             self._reader = decord.VideoReader(
@@ -231,6 +232,14 @@ class FrameReader:
         try:
             frames = self._batch(read)
         except Exception as exc:
+            if "size must exactly match" in str(exc):  # not the file: decord's frame copy
+                raise MediaError(
+                    self.path,
+                    f"decord cannot output {'x'.join(map(str, self.size or ('native',)))} frames "
+                    "(its row-padding bug with some small sizes, e.g. 16, 48 or 72 px): choose "
+                    "another size",
+                    "unsupported",
+                ) from None
             raise MediaError(
                 self.path, f"cannot be decoded ({_first_line(exc)})", "corrupt"
             ) from None
