@@ -248,6 +248,12 @@ class RowGroup:
     def full(self) -> bool:
         return len(self.clips) == ROW_GROUP_CLIPS
 
+    def clear(self) -> None:
+        """Empty the group; its buffers are kept for the next one."""
+        self.clips.clear()
+        self.n_frames.clear()
+        self.n_samples.clear()
+
 
 def write_shard(job: ShardJob) -> ShardResult:
     """Read the job's clips, a few at a time, into one shard file; memory is one row group.
@@ -309,9 +315,7 @@ def _flush(shard: dataset.ShardFile, group: RowGroup, p: Params, result: ShardRe
     result.rows += rows
     result.frames += sum(group.n_frames)
     result.samples += sum(group.n_samples)
-    clips.clear()
-    group.n_frames.clear()
-    group.n_samples.clear()
+    group.clear()
 
 
 def schema(params: Params, max_frames: int, max_samples: int) -> dataset.SampleSchema:
