@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +18,7 @@ from typing import TypeVar
 from stages.common.errors import StageError
 from stages.common.hashing import file_digest
 from stages.common.progress import progress
+from stages.common.workers import run_jobs, worker_pool
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -88,12 +88,5 @@ def provenance(table: Path) -> dict:
 def map_utterances(fn: Callable[[J], R], jobs: list[J], workers: int, desc: str) -> list[R]:
     """fn over jobs in `workers` processes, in order, with progress; the first StageError (in job
     order) is raised in this process, so callers validate everything before writing anything."""
-    results = []
-    with ProcessPoolExecutor(workers) as pool:
-        try:
-            for result in progress(pool.map(fn, jobs), desc=desc, total=len(jobs), unit="utt"):
-                results.append(result)
-        except StageError:
-            pool.shutdown(cancel_futures=True)  # the jobs not started yet
-            raise
-    return results
+    with worker_pool(min(workers, len(jobs))) as pool:
+        return list(progress(run_jobs(fn, jobs, pool), desc=desc, total=len(jobs), unit="utt"))

@@ -48,25 +48,23 @@ def _cholesky_solve(
                 for c in range(LANES):
                     a[i, j, c] = lags[i - j, c] + lags[i + j, c]
         for j in range(n):
-            for c in range(LANES):
-                acc[c] = a[j, j, c]
-            for k in range(j):
-                for c in range(LANES):
-                    acc[c] -= a[j, k, c] * a[j, k, c]
-            for c in range(LANES):
-                good = acc[c] > min_pivot  # also False for NaN
-                failed[c] |= not good
-                # A failed lane goes on with pivot 1 (its answer is dropped) so the lanes stay
-                # in step without branches.
-                inverse_pivot[j, c] = 1.0 / np.sqrt(acc[c] if good else 1.0)
-            for i in range(j + 1, n):
+            # Column j from the diagonal down: a_ij - sum_k a_ik a_jk; the diagonal gives the pivot.
+            for i in range(j, n):
                 for c in range(LANES):
                     acc[c] = a[i, j, c]
                 for k in range(j):
                     for c in range(LANES):
                         acc[c] -= a[i, k, c] * a[j, k, c]
-                for c in range(LANES):
-                    a[i, j, c] = acc[c] * inverse_pivot[j, c]
+                if i == j:
+                    for c in range(LANES):
+                        good = acc[c] > min_pivot  # also False for NaN
+                        failed[c] |= not good
+                        # A failed lane goes on with pivot 1 (its answer is dropped) so the
+                        # lanes stay in step without branches.
+                        inverse_pivot[j, c] = 1.0 / np.sqrt(acc[c] if good else 1.0)
+                else:
+                    for c in range(LANES):
+                        a[i, j, c] = acc[c] * inverse_pivot[j, c]
         # L y = rhs, then L^T x = y.
         for i in range(n):
             for c in range(LANES):
