@@ -34,10 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import gameplay_clips as gc  # noqa: E402
-from stages import gameplay_sample as gs  # noqa: E402
 from stages.common.params import load_section  # noqa: E402
 from stages.common.workers import worker_count  # noqa: E402
+from stages.gameplay import clips as gc  # noqa: E402
+from stages.gameplay import sample as gs  # noqa: E402
 
 OUT = ROOT / "benchmarks/out/gameplay"
 LENGTHS = (30.0, 180.0)  # s, for the memory check

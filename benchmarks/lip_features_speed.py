@@ -20,11 +20,11 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import lipspeech_talker as talker  # noqa: E402
 from stages.common.media import read_gray_frames, write_media  # noqa: E402
 from stages.common.seeding import rng  # noqa: E402
-from stages.lip_transform import dct2, fit_pca, zigzag  # noqa: E402
-from stages.lipspeech_sample import GOP  # noqa: E402
+from stages.lipspeech import talker  # noqa: E402
+from stages.lipspeech.lip_transform import dct2, fit_pca, zigzag  # noqa: E402
+from stages.lipspeech.sample import GOP  # noqa: E402
 
 BOX = (333, 253, 55, 55)
 OUT = ROOT / "benchmarks/out/lip"

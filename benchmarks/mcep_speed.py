@@ -22,10 +22,9 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages import lipspeech_talker as talker
-from stages.common import melcep
-from stages.common.mcd import mcd_frames
 from stages.common.seeding import rng
+from stages.lipspeech import melcep, talker
+from stages.lipspeech.mcd import mcd_frames
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # pysptk imports the deprecated pkg_resources
@@ -90,7 +89,7 @@ def main() -> None:
     )
     print(f"{'implementation':<34}{'frames/s/core':>14}{'x real time':>13}")
     print(f"{'pysptk.sptk.mcep, per frame':<34}{ref_fps:>14.0f}{ref_fps / 200:>13.1f}")
-    print(f"{'stages.common.melcep.mcep, batched':<34}{ours_fps:>14.0f}{ours_fps / 200:>13.1f}")
+    print(f"{'stages.lipspeech.melcep.mcep, batched':<34}{ours_fps:>14.0f}{ours_fps / 200:>13.1f}")
     print(
         f"speed-up: {ours_fps / ref_fps:.1f}x best against best of {args.repeats}, "
         f"{median_ratio:.1f}x median of the paired runs   (JIT compile or cache load: "

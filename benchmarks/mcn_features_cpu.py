@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.resnet_gpu import make_video
-from stages.audio_features import log_mel
-from stages.models.resnet import load_resnet152
-from stages.video_pipeline import FrameModel, chunk_loader, extract
+from stages.mcn.audio_features import log_mel
+from stages.mcn.resnet import load_resnet152
+from stages.mcn.video_pipeline import FrameModel, chunk_loader, extract
 
 
 def timed(fn, repeat: int = 1) -> float:

@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from stages import motionmnist as mm
+from stages.motionmnist import build as mm
 
 
 def reference(digits: np.ndarray, n_videos: int, out: Path, seed: int = 0) -> tuple[float, int]:

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages import motionmnist as mm
+from stages.motionmnist import build as mm
 
 
 def videos(n: int) -> np.ndarray:

@@ -7,7 +7,7 @@
    autocast + channels_last, batch 64 and 256; at 224x224 and 224x398. Goal: (b) >= 2x (a).
 3. Pipeline: synthetic 454x256 30 fps H.264 videos (HowTo100M's normalised size); decode-only
    frames/s (decord in DataLoader workers, 1 fps, short side 224) and end to end (decode + model,
-   `stages.video_pipeline.extract`). Goal: end to end >= 80% of min(decode-only, model-only).
+   `stages.mcn.video_pipeline.extract`). Goal: end to end >= 80% of min(decode-only, model-only).
 
 Prints a table with ratios and writes JSON. Needs a CUDA GPU and torchvision (GPU machine only:
 torchvision cannot be imported next to the CPU torch of the dev machines).
@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.models.resnet import resnet152
-from stages.video_pipeline import FrameModel, chunk_loader, extract
+from stages.mcn.resnet import resnet152
+from stages.mcn.video_pipeline import FrameModel, chunk_loader, extract
 
 SHAPES = {"224x224": (224, 224), "224x398": (224, 398)}
 

@@ -31,8 +31,8 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect_dask import DaskTaskRunner
 
-from stages import mcn_corpus
 from stages.common.params import PARAMS_FILE, load_section
+from stages.mcn import corpus as mcn_corpus
 
 STAGES = ("video_features", "audio_features", "text_features")
 GPU_STAGES = {"video_features"}
@@ -41,7 +41,7 @@ GPU_STAGES = {"video_features"}
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def shard_task(stage: str, params: Any, context: Any, shard: mcn_corpus.Shard) -> dict:
     """One shard of one stage: the very function the DVC stage runs."""
-    return importlib.import_module(f"stages.{stage}").run_shard(params, context, shard)
+    return importlib.import_module(f"stages.mcn.{stage}").run_shard(params, context, shard)
 
 
 @flow(name="mcn-features")
@@ -55,7 +55,7 @@ def features_flow(
     for stage in stages:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
-        module = importlib.import_module(f"stages.{stage}")
+        module = importlib.import_module(f"stages.mcn.{stage}")
         params = load_section(module.Params, stage, Path(params_file))
         context = module.prepare(params)
         shards = mcn_corpus.plan(params.corpora, params.videos_per_shard)

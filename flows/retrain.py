@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 
 from flows import dvc_cli
 from flows.reproduce import RunSummary, run_locked, slug, workspace_writer
-from stages.common.lineage import load_pipeline, porcelain_paths
+from stages.lineage.graph import load_pipeline, porcelain_paths
 
 LINEAGE_REPORT = "reports/lineage.md"
 

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from media_samples import frame_index, pyav_frames, truncate, write_audio_only, write_pattern
 
-from stages import gameplay_clips as gc
 from stages.common import dataset
 from stages.common.errors import StageError
+from stages.gameplay import clips as gc
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"rec-a.mp4": 60, "rec-b.mkv": 25}  # fps of each good recording
@@ -218,7 +218,7 @@ def run_cli(cwd: Path, section: dict) -> subprocess.CompletedProcess:
     (cwd / "params.yaml").write_text(yaml.safe_dump({"gameplay_clips": section}))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "stages.gameplay_clips"],
+        [sys.executable, "-m", "stages.gameplay.clips"],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -14,11 +14,11 @@ from sklearn.model_selection import LeaveOneOut, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from stages import gameplay_art as art
-from stages import gameplay_sample as gs
 from stages.common.errors import StageError
 from stages.common.media import probe
 from stages.common.seeding import rng
+from stages.gameplay import art
+from stages.gameplay import sample as gs
 
 
 def test_plan_balances_labels_and_keeps_events_apart():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stages.common.errors import StageError
-from stages.common.idx import read_idx, read_mnist
+from stages.motionmnist.idx import read_idx, read_mnist
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from stages import lineage
 from stages.common.errors import StageError
-from stages.common.lineage import (
+from stages.lineage import report as lineage
+from stages.lineage.graph import (
     MISSING,
     MODIFIED,
     OK,

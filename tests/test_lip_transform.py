@@ -7,7 +7,14 @@ import pytest
 import scipy.fft
 from sklearn.decomposition import PCA
 
-from stages.lip_transform import LipTransform, dct2, fit_pca, idct2, select_coefficients, zigzag
+from stages.lipspeech.lip_transform import (
+    LipTransform,
+    dct2,
+    fit_pca,
+    idct2,
+    select_coefficients,
+    zigzag,
+)
 
 
 def test_zigzag_is_the_jpeg_order():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stages.common.errors import StageError
-from stages.lipspeech_pairs import align, interpolate_features, learnability, pool_mcep
+from stages.lipspeech.pairs import align, interpolate_features, learnability, pool_mcep
 
 FPS = 30000 / 1001
 

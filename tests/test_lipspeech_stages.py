@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import lip_features, lipspeech_pairs, lipspeech_sample, mel_cepstrum
-from stages import lipspeech_talker as talker
 from stages.common import dataset
 from stages.common.errors import StageError
 from stages.common.media import AudioReader, write_media
 from stages.common.seeding import rng
-from stages.lip_transform import LipTransform
+from stages.lipspeech import lip_features, mel_cepstrum, talker
+from stages.lipspeech import pairs as lipspeech_pairs
+from stages.lipspeech import sample as lipspeech_sample
+from stages.lipspeech.lip_transform import LipTransform
 
 SAMPLE = lipspeech_sample.Params(seed=11, utterances=4, min_seconds=1.0, max_seconds=1.3, workers=1)
 LIP = lip_features.Params(
@@ -213,7 +214,7 @@ def test_stereo_44k_input_gives_the_same_frames_as_mono_48k(media):
     n = min(len(stereo.mcep), len(mono.mcep))
     # Same speech through two different AAC encodes: on the loud frames the spectra agree to
     # within codec noise, and best with no time shift (the 44.1 kHz input is not misaligned).
-    from stages.common.mcd import mcd
+    from stages.lipspeech.mcd import mcd
 
     speech = np.flatnonzero(mono.mcep[: n - 3, 0] > mono.mcep[:n, 0].max() - 3)
     assert len(speech) > 40

@@ -6,8 +6,8 @@ import librosa
 import numpy as np
 import soxr
 
-from stages import lipspeech_talker as talker
 from stages.common.seeding import rng
+from stages.lipspeech import talker
 
 
 def one_phone_utterance(phone: str, seconds: float = 0.6) -> talker.Utterance:

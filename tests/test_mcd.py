@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.common.mcd import MCD_CONSTANT, mcd, mcd_dtw, mcd_frames
+from stages.lipspeech.mcd import MCD_CONSTANT, mcd, mcd_dtw, mcd_frames
 
 
 def test_constant_is_the_textbook_value():

@@ -9,12 +9,13 @@ import pyarrow as pa
 import pytest
 import scipy.signal
 
-from stages.audio_features import clip_window, log_mel
-from stages.common import dataset, shards
+from stages.common import dataset
 from stages.common.errors import StageError
-from stages.mcn_corpus import Corpus, read_clip_table
-from stages.text_features import caption_matrix, tokenize
-from stages.video_pipeline import pool_clip
+from stages.mcn import shards
+from stages.mcn.audio_features import clip_window, log_mel
+from stages.mcn.corpus import Corpus, read_clip_table
+from stages.mcn.text_features import caption_matrix, tokenize
+from stages.mcn.video_pipeline import pool_clip
 
 
 def reference_log_mel(wave: np.ndarray) -> np.ndarray:
@@ -151,8 +152,8 @@ def test_fingerprint_is_stable_and_sensitive():
 
 
 def test_code_digest_follows_the_code():
-    from stages import audio_features, text_features
-    from stages.mcn_corpus import code_digest
+    from stages.mcn import audio_features, text_features
+    from stages.mcn.corpus import code_digest
 
     assert code_digest(text_features) == code_digest(text_features)
     assert code_digest(text_features) != code_digest(audio_features)

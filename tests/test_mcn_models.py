@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from stages.models.davenet import ResDavenet
-from stages.models.resnet import load_resnet152
+from stages.mcn.davenet import ResDavenet
+from stages.mcn.resnet import load_resnet152
 
 
 @pytest.fixture(scope="module")

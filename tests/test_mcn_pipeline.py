@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from stages import mcn_corpus
 from stages.common import dataset
 from stages.common.params import load_section
-from stages.text_features import tokenize
+from stages.mcn import corpus as mcn_corpus
+from stages.mcn.text_features import tokenize
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ text_features: {corpora: *c, videos_per_shard: 2, training: {epochs: 5}}
 
 
 def params(stage: str, extra: str = ""):
-    module = importlib.import_module(f"stages.{stage}")
+    module = importlib.import_module(f"stages.mcn.{stage}")
     Path("params.yaml").write_text(PARAMS + extra)
     return module, load_section(module.Params, stage, Path("params.yaml"))
 
@@ -73,7 +73,7 @@ def digests(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A folder with the tiny corpus and the three stages run the DVC way."""
-    from stages import mcn_sample
+    from stages.mcn import sample as mcn_sample
 
     root = tmp_path_factory.mktemp("mcn")
     with contextlib.chdir(root):
@@ -143,7 +143,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(workspace, monkeypatch):
     out = root / "data/mcn/features/audio"
     before = digests(out)
     shutil.rmtree(out)
-    from stages import audio_features
+    from stages.mcn import audio_features
 
     calls = {"n": 0}
     real = audio_features.log_mel
@@ -183,7 +183,7 @@ def test_the_flow_on_two_dask_workers_writes_the_dvc_paths_bytes(workspace, tmp_
 
 
 def test_davenet_weights_give_embeddings_and_a_recorded_hash(workspace, tmp_path):
-    from stages.models.davenet import ResDavenet
+    from stages.mcn.davenet import ResDavenet
 
     root, _ = workspace
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import pytest
 from stages.common import dataset
 from stages.common.errors import StageError
 from stages.common.seeding import rng
-from stages.mcn_sample import (
+from stages.mcn.sample import (
     ACTIONS,
     OBJECTS,
     Clip,

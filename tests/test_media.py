@@ -37,7 +37,7 @@ from stages.common.media import (
     second_indices,
     write_media,
 )
-from stages.mcn_sample import write_mp4
+from stages.mcn.sample import write_mp4
 
 CLICKS = (1.5, 3.25)
 

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import soxr
 
-from stages import lipspeech_talker as talker
-from stages.common import melcep
-from stages.common.mcd import mcd_frames
 from stages.common.seeding import rng
-from stages.common.spdsolve import solve_toeplitz_plus_hankel
+from stages.lipspeech import melcep, talker
+from stages.lipspeech.mcd import mcd_frames
+from stages.lipspeech.spdsolve import solve_toeplitz_plus_hankel
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # pysptk imports the deprecated pkg_resources

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages import motionmnist as mm
 from stages.common import dataset
 from stages.common.errors import StageError
+from stages.motionmnist import build as mm
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = mm.Params(seed=3, digits=mm.DigitSource(count=40), workers=2)
@@ -146,7 +146,7 @@ def run_cli(cwd: Path, params: str) -> subprocess.CompletedProcess:
     (cwd / "params.yaml").write_text(params)
     env = os.environ | {"PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "stages.motionmnist"],
+        [sys.executable, "-m", "stages.motionmnist.build"],
         cwd=cwd,
         env=env,
         capture_output=True,

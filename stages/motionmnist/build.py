@@ -268,7 +268,7 @@ def load_digits(source: DigitSource) -> Digits:
     if source.kind == "idx":
         if source.images is None or source.labels is None:
             raise StageError("params.yaml: motionmnist.digits", "kind idx needs images and labels")
-        from stages.common.idx import read_mnist
+        from stages.motionmnist.idx import read_mnist
 
         images, classes = read_mnist(source.images, source.labels)
         provenance = {

@@ -1,6 +1,6 @@
 """The embedded talker: phoneme sequences, their timing, a source-filter voice and a moving mouth.
 
-Pure functions only (arrays in, arrays out); `stages.lipspeech_sample` writes the files. One phone
+Pure functions only (arrays in, arrays out); `stages.lipspeech.sample` writes the files. One phone
 timeline drives both modalities: the vocal-tract formants and sources of the 48 kHz speech, and the
 opening and width of the mouth in the 720x480 video, so lip shape predicts the spectrum (five vowels
 with distinct formants and mouth shapes; bilabials close the lips; fricatives, stops and pauses).

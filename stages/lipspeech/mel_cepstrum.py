@@ -2,7 +2,7 @@
 
 Per utterance: decode the audio track (any rate, mono or stereo; channels are averaged), resample
 to 12 kHz with soxr's very-high-quality anti-aliasing filter, cut centred Blackman-windowed frames
-(frame k at time k * hop / rate) and run SPTK-style mel-cepstral analysis (`stages.common.melcep`,
+(frame k at time k * hop / rate) and run SPTK-style mel-cepstral analysis (`melcep`,
 checked against `pysptk.sptk.mcep` on a sample of frames every run; the MCD is in the metrics).
 
 Outputs `data/lipspeech/mcep/` (schema `MCEP_SCHEMA`), `reports/lipspeech/mcep.json` and
@@ -24,17 +24,17 @@ import pyarrow as pa
 import soxr
 from threadpoolctl import threadpool_limits
 
-from stages import lipspeech_corpus as corpus
-from stages.common import dataset, melcep
+from stages.common import dataset
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.cli import run_stage
-from stages.common.colormap import spectrogram_image
 from stages.common.errors import StageError
 from stages.common.images import save_grid
-from stages.common.mcd import mcd_frames
 from stages.common.media import AudioReader
 from stages.common.workers import worker_count
-from stages.lipspeech_corpus import Corpus
+from stages.lipspeech import corpus, melcep
+from stages.lipspeech.colormap import spectrogram_image
+from stages.lipspeech.corpus import Corpus
+from stages.lipspeech.mcd import mcd_frames
 
 log = logging.getLogger(__name__)
 

@@ -29,16 +29,17 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from stages import mcn_corpus
-from stages.common import dataset, media, shards
+from stages.common import dataset, media
 from stages.common.atomic import write_json
 from stages.common.cli import run_stage
 from stages.common.device import device_record, resolve_device
 from stages.common.errors import StageError
 from stages.common.media import MediaError, read_audio
-from stages.mcn_corpus import Corpus, Failures, Rows, Shard
-from stages.models import davenet as davenet_module
-from stages.models.davenet import EMBED_DIM, load_davenet
+from stages.mcn import corpus as mcn_corpus
+from stages.mcn import davenet as davenet_module
+from stages.mcn import shards
+from stages.mcn.corpus import Corpus, Failures, Rows, Shard
+from stages.mcn.davenet import EMBED_DIM, load_davenet
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from stages.common.media import MediaError, iter_second_frames, probe_frames
-from stages.models.resnet import FEATURE_DIM, IMAGENET_MEAN, IMAGENET_STD
+from stages.mcn.resnet import FEATURE_DIM, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from stages.common.atomic import atomic_file
 from stages.common.errors import StageError
-from stages.common.lineage import (
+from stages.lineage.graph import (
     Entry,
     Pipeline,
     chain,
@@ -340,7 +340,3 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sys.stdout.write(render(result, args.json))
     return EXIT_STALE if args.fail_stale and not result["current"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,13 +25,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from stages import mcn_corpus
-from stages.common import dataset, shards
+from stages.common import dataset
 from stages.common.atomic import write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
 from stages.common.hashing import file_digest
-from stages.mcn_corpus import Corpus, Failures, Rows, Shard
+from stages.mcn import corpus as mcn_corpus
+from stages.mcn import shards
+from stages.mcn.corpus import Corpus, Failures, Rows, Shard
 
 log = logging.getLogger(__name__)
 

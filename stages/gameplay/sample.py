@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import gameplay_art as art
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
@@ -41,6 +40,7 @@ from stages.common.media import write_media
 from stages.common.progress import progress
 from stages.common.seeding import rng
 from stages.common.workers import worker_count
+from stages.gameplay import art
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.fft
 import scipy.signal
 
-from stages.common.spdsolve import solve_toeplitz_plus_hankel
+from stages.lipspeech.spdsolve import solve_toeplitz_plus_hankel
 
 BLOCK = 256  # frames iterated together: their work arrays stay in cache
 

@@ -1,7 +1,7 @@
 """lipspeech_sample: the embedded stand-in for M2TINIT, a synthetic talker's audio-visual corpus.
 
 Writes `data/lipspeech/corpus/`: one mp4 per utterance (H.264 720x480 at 29.97 fps of the lower
-face; AAC 48 kHz speech from the same phone sequence, see `stages.lipspeech_talker`) and
+face; AAC 48 kHz speech from the same phone sequence, see `stages.lipspeech.talker`) and
 `utterances.csv`, the table the feature stages read (the same format a real corpus provides):
 
     utterance, file (relative to the table), split (train/test), duration (s), text,
@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import lipspeech_talker as talker
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
 from stages.common.media import write_media
 from stages.common.seeding import rng
 from stages.common.workers import worker_count
-from stages.lipspeech_corpus import map_utterances
+from stages.lipspeech import talker
+from stages.lipspeech.corpus import map_utterances
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""lip_features: each video frame's lip region -> DCT + PCA feature vector (`stages.lip_transform`).
+"""lip_features: each video frame's lip region -> DCT + PCA feature vector (`lip_transform`).
 
 Decodes every utterance's video, crops the fixed lip box (`roi`, the paper's 55x55) to grey, keeps
 K DCT coefficients, subtracts each utterance's mean (optional) and projects on a PCA fitted on the
@@ -22,7 +22,6 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from stages import lipspeech_corpus as corpus
 from stages.common import dataset
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.cli import run_stage
@@ -30,8 +29,9 @@ from stages.common.errors import StageError
 from stages.common.images import save_grid
 from stages.common.media import probe, read_gray_frames
 from stages.common.workers import worker_count
-from stages.lip_transform import LipTransform, dct2, fit_pca, select_coefficients
-from stages.lipspeech_corpus import Corpus
+from stages.lipspeech import corpus
+from stages.lipspeech.corpus import Corpus
+from stages.lipspeech.lip_transform import LipTransform, dct2, fit_pca, select_coefficients
 
 log = logging.getLogger(__name__)
 

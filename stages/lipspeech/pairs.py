@@ -25,7 +25,7 @@ from stages.common import dataset
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
-from stages.common.mcd import mcd
+from stages.lipspeech.mcd import mcd
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Frames at 1 fps (decord), short side 224 (aspect kept, no crop), /255, ImageNet 
 global average pool -> 2048-d per second, rows L2-normalised, stored float16. Per clip [s, e]:
 seconds int(s) .. int(e) (inclusive), max-pool, L2-normalise; an empty span is zeros, flagged.
 The frame pipeline (decode workers, cross-video batches, bf16 channels_last on GPU) lives in
-`stages/video_pipeline.py`; this module is the stage: shards, tables, provenance.
+`stages/mcn/video_pipeline.py`; this module is the stage: shards, tables, provenance.
 
 Failures (missing or corrupt file, no frames) become rows of the failures table and the run goes
 on; a video shorter than one second falls back to its first frame (a warning row).
@@ -23,16 +23,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from stages import mcn_corpus, video_pipeline
-from stages.common import dataset, media, shards
+from stages.common import dataset, media
 from stages.common.atomic import write_json
 from stages.common.cli import run_stage
 from stages.common.device import device_record, resolve_device
 from stages.common.errors import StageError
-from stages.mcn_corpus import Corpus, Failures, Rows, Shard
-from stages.models import resnet
-from stages.models.resnet import FEATURE_DIM, load_resnet152
-from stages.video_pipeline import Extracted, FrameModel, extract, pool_clip
+from stages.mcn import corpus as mcn_corpus
+from stages.mcn import resnet, shards, video_pipeline
+from stages.mcn.corpus import Corpus, Failures, Rows, Shard
+from stages.mcn.resnet import FEATURE_DIM, load_resnet152
+from stages.mcn.video_pipeline import Extracted, FrameModel, extract, pool_clip
 
 log = logging.getLogger(__name__)
 

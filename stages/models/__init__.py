@@ -1,1 +1,0 @@
-"""Plain-torch model definitions (no torchvision), loadable from the reference checkpoints."""
