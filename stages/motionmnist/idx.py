@@ -1,12 +1,14 @@
-"""Reader for the IDX format of the official MNIST files (`t10k-images-idx3-ubyte[.gz]`)."""
+"""The IDX format of the official MNIST files (`t10k-images-idx3-ubyte[.gz]`): reader and writer."""
 
 from __future__ import annotations
 
 import gzip
+import struct
 from pathlib import Path
 
 import numpy as np
 
+from stages.common.atomic import atomic_file
 from stages.common.errors import StageError
 
 UBYTE = 0x08  # the only element type the MNIST files use
@@ -58,3 +60,17 @@ def read_mnist(images: str | Path, labels: str | Path) -> tuple[np.ndarray, np.n
     if classes.max(initial=0) > 9:
         raise StageError(labels, f"label {classes.max()} outside 0..9")
     return digits, classes
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> Path:
+    """Write `array` as an unsigned-byte IDX file (gzipped if `path` ends in .gz), atomically.
+
+    The gzip header carries no name and no time, so the same array always gives the same bytes.
+    """
+    path = Path(path)
+    header = struct.pack(">BBBB", 0, 0, UBYTE, array.ndim)
+    header += b"".join(struct.pack(">I", d) for d in array.shape)
+    raw = header + np.ascontiguousarray(array, np.uint8).tobytes()
+    with atomic_file(path) as handle:
+        handle.write(gzip.compress(raw, mtime=0) if path.suffix == ".gz" else raw)
+    return path
