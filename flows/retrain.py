@@ -4,8 +4,9 @@
 
 Runs `reproduce`'s steps on the targets (under the same one-writer slot), then compares every
 metric with the last commit (`dvc metrics diff --json`) and publishes the comparison as a table
-artifact. With `commit`, it commits dvc.lock, the metrics files and the lineage report (only those
-that changed, and nothing else the user may have staged) with a message naming the flow run, so
+artifact. With `commit`, it commits dvc.lock and every output kept in Git (metrics, stats, plots,
+the lineage report; only those that changed, and nothing else the user may have staged) with a
+message naming the flow run, so
 `git log dvc.lock` records every retraining and `dvc metrics diff HEAD~1` shows what it changed.
 """
 
@@ -24,8 +25,6 @@ from prefect.runtime import flow_run
 from flows import dvc_cli
 from flows.reproduce import RunSummary, run_locked, slug, workspace_writer
 from stages.lineage.graph import load_pipeline, porcelain_paths
-
-LINEAGE_REPORT = "reports/lineage.md"
 
 
 @task(cache_policy=NO_CACHE)
@@ -65,9 +64,10 @@ def changed_paths(workspace: str, paths: list[str]) -> list[str]:
 
 @task(cache_policy=NO_CACHE)
 def commit_results(workspace: str, message: str) -> str | None:
-    """Commit dvc.lock, metrics files and the lineage report if they changed; the new commit."""
+    """Commit dvc.lock and the outputs kept in Git (metrics, stats, plots, the lineage report)
+    if they changed; returns the new commit."""
     pipeline = load_pipeline(workspace, git=False)
-    paths = changed_paths(workspace, ["dvc.lock", LINEAGE_REPORT, *pipeline.metrics_files()])
+    paths = changed_paths(workspace, ["dvc.lock", *pipeline.git_outputs()])
     if not paths:
         get_run_logger().info("nothing to commit: dvc.lock and the metrics are as committed")
         return None

@@ -50,7 +50,7 @@ stages:
     metrics:
       - reports/other.json: {cache: false}
   lineage:
-    cmd: python -m stages.lineage report
+    cmd: python -m stages.lineage report --out reports/lineage.md
     deps: [reports/train.json, reports/other.json]
     outs:
       - reports/lineage.md: {cache: false}

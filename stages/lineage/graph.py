@@ -58,6 +58,7 @@ class StageRecord:
     outs: tuple[Entry, ...]
     params: tuple[Param, ...]
     metrics: tuple[str, ...]  # outputs declared as metrics
+    in_git: tuple[str, ...] = ()  # outputs with `cache: false`: metrics, stats, plots, reports
 
     def changes(self) -> list[str]:
         """What differs from dvc.lock, one phrase each; empty when the stage is current."""
@@ -78,6 +79,10 @@ class Pipeline:
 
     def metrics_files(self) -> list[str]:
         return sorted({m for s in self.stages.values() for m in s.metrics})
+
+    def git_outputs(self) -> list[str]:
+        """What the pipeline writes into Git (not DVC's cache): a rerun commits these."""
+        return sorted({p for s in self.stages.values() for p in s.in_git})
 
 
 # --- pure questions on a pipeline ------------------------------------------------------------
@@ -306,6 +311,7 @@ def _record(
         outs=tuple(sorted(outs, key=lambda e: e.path)),
         params=tuple(params),
         metrics=tuple(sorted(metrics)),
+        in_git=tuple(sorted(_relpath(repo, o) for o in stage.outs if not o.use_cache)),
     )
 
 

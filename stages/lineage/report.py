@@ -42,7 +42,6 @@ from stages.lineage.graph import (
 )
 
 STAGE = "lineage"
-REPORT = Path("reports/lineage.md")
 EXIT_STALE, EXIT_STAGE_ERROR = 1, 2
 
 # --- answers as dicts (pure) -----------------------------------------------------------------
@@ -321,7 +320,7 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--json", action="store_true", help="JSON instead of markdown")
         cmd.add_argument("--fail-stale", action="store_true", help="exit 1 if anything is stale")
     report = sub.add_parser("report", help="write the lineage report of every metric (the stage)")
-    report.add_argument("--out", type=Path, default=REPORT, help=f"report path ({REPORT})")
+    report.add_argument("--out", type=Path, required=True, help="report path (lineage.report)")
     return cli
 
 
