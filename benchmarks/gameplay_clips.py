@@ -42,26 +42,30 @@ from stages.gameplay import sample as gs  # noqa: E402
 OUT = ROOT / "benchmarks/out/gameplay"
 LENGTHS = (30.0, 180.0)  # s, for the memory check
 LENGTH_EVENTS = 6
+SAMPLE = load_section(gs.Params, "gameplay_sample", ROOT / "params.yaml")
+EVENTS = SAMPLE.events.relative_to(SAMPLE.out)  # the events table inside a recordings folder
+CLIPS = load_section(gc.Params, "gameplay_clips", ROOT / "params.yaml")
 
 
-def sample(params: gs.Params, directory: Path) -> Path:
-    if not (directory / gs.EVENTS_FILE).is_file():
+def sample(directory: Path, **changes) -> Path:
+    """A gameplay_sample folder (params.yaml's, with `changes`), generated unless it exists."""
+    if not (directory / EVENTS).is_file():
         print(f"generating {directory.relative_to(ROOT)} ...", flush=True)
-        gs.build(params, directory)
+        params = dataclasses.replace(SAMPLE, out=directory, events=directory / EVENTS, **changes)
+        gs.build(params)
     return directory
 
 
 def default_sample() -> Path:
-    existing = ROOT / "data/gameplay/sample"
-    if (existing / gs.EVENTS_FILE).is_file():
-        return existing
-    return sample(load_section(gs.Params, "gameplay_sample", ROOT / "params.yaml"), OUT / "sample")
+    """The pipeline's sample if `dvc repro` made it, else the same params built here."""
+    if (ROOT / SAMPLE.events).is_file():
+        return ROOT / SAMPLE.out
+    return sample(OUT / "sample")
 
 
-def clip_params(recordings: Path, workers: int) -> gc.Params:
-    base = load_section(gc.Params, "gameplay_clips", ROOT / "params.yaml")
+def clip_params(recordings: Path, workers: int, out: Path) -> gc.Params:
     return dataclasses.replace(
-        base, recordings=recordings, events=recordings / gs.EVENTS_FILE, workers=workers
+        CLIPS, recordings=recordings, events=recordings / EVENTS, out=out, workers=workers
     )
 
 
@@ -79,7 +83,7 @@ def run_stage_child(recordings: Path, workers: int) -> dict:
 def child(recordings: Path, workers: int) -> None:
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
         started, cpu = time.perf_counter(), _cpu()
-        outcome = gc.build(clip_params(recordings, workers), Path(tmp) / "clips")
+        outcome = gc.build(clip_params(recordings, workers, Path(tmp) / "clips"))
         wall = time.perf_counter() - started
     peak = max(_maxrss(resource.RUSAGE_SELF), _maxrss(resource.RUSAGE_CHILDREN))
     stats = outcome.stats
@@ -97,7 +101,7 @@ def reference(recordings: Path) -> dict | None:
     """One ffmpeg process per clip, output read back from files."""
     if shutil.which("ffmpeg") is None:
         return None
-    params = clip_params(recordings, 1)
+    params = clip_params(recordings, 1, OUT / "unused")  # reads the clip settings only
     specs = gc.parse_rows(gc.read_events(params.events), params)
     clips = [s for s in specs if isinstance(s, gc.ClipSpec)]
     size, rate = params.size, params.audio_rate
@@ -156,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     recordings = default_sample()
-    workers = worker_count(clip_params(recordings, 0).workers)
+    workers = worker_count(CLIPS.workers)
     header = (
         f"{'run':<34} {'clips':>5} {'wall s':>7} {'cpu s':>7} {'real time':>10} {'vs ref':>7} "
         f"{'peak MB':>8}"
@@ -186,8 +190,13 @@ def main() -> None:
     print(f"\npeak memory vs recording length ({LENGTH_EVENTS} clips each, 1 worker)")
     print(header)
     for length in LENGTHS:
-        params = gs.Params(seed=1, recordings=1, length=length, events=LENGTH_EVENTS)
-        directory = sample(params, OUT / f"length-{length:.0f}s")
+        directory = sample(
+            OUT / f"length-{length:.0f}s",
+            seed=1,
+            recordings=1,
+            length=length,
+            event_count=LENGTH_EVENTS,
+        )
         result = run_stage_child(directory, 1)
         whole = length * 30 * 128 * 128 * 3 / 2**20
         print(

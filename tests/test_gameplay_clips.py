@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,9 +19,12 @@ from media_samples import frame_index, pyav_frames, truncate, write_audio_only, 
 
 from stages.common import dataset
 from stages.common.errors import StageError
+from stages.common.params import load_section
 from stages.gameplay import clips as gc
+from stages.gameplay import sample as gs
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = load_section(gc.Params, "gameplay_clips", ROOT / "params.yaml")
 SOURCES = {"rec-a.mp4": 60, "rec-b.mkv": 25}  # fps of each good recording
 
 
@@ -40,8 +45,10 @@ def write_events(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def make_params(corpus: Path, events: Path, **changes) -> gc.Params:
-    return replace(gc.Params(recordings=corpus, events=events, workers=1), **changes)
+def make_params(corpus: Path, events: Path, out: Path, **changes) -> gc.Params:
+    """params.yaml's section with `changes`, reading `corpus` and `events`, writing `out`."""
+    changes = {"workers": 1, **changes}
+    return replace(DEFAULTS, recordings=corpus, events=events, out=out, **changes)
 
 
 GOOD_ROWS = [
@@ -55,8 +62,8 @@ GOOD_ROWS = [
 @pytest.fixture(scope="module")
 def built(corpus, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("built")
-    params = make_params(corpus, write_events(tmp / "events.csv", GOOD_ROWS), shard_rows=2)
-    outcome = gc.build(params, tmp / "clips")
+    events = write_events(tmp / "events.csv", GOOD_ROWS)
+    outcome = gc.build(make_params(corpus, events, tmp / "clips", shard_rows=2))
     assert outcome.stats["shards"] == 2
     return outcome, dataset.read_arrays(tmp / "clips"), tmp / "clips"
 
@@ -122,8 +129,7 @@ def test_audio_is_the_same_span_clicks_included(built):
 def test_same_input_gives_the_same_bytes_with_any_worker_count(built, corpus, tmp_path):
     _, _, first = built
     events = write_events(tmp_path / "events.csv", GOOD_ROWS)
-    params = make_params(corpus, events, workers=2, shard_rows=2)
-    gc.build(params, tmp_path / "clips")
+    gc.build(make_params(corpus, events, tmp_path / "clips", workers=2, shard_rows=2))
     old, new = sorted(first.iterdir()), sorted((tmp_path / "clips").iterdir())
     assert [p.name for p in old] == [p.name for p in new]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(old, new, strict=True))
@@ -132,7 +138,7 @@ def test_same_input_gives_the_same_bytes_with_any_worker_count(built, corpus, tm
 def test_parquet_events_table(corpus, tmp_path):
     events = tmp_path / "events.parquet"
     pd.DataFrame([GOOD_ROWS[1], GOOD_ROWS[2]]).to_parquet(events)
-    outcome = gc.build(make_params(corpus, events), tmp_path / "clips")
+    outcome = gc.build(make_params(corpus, events, tmp_path / "clips"))
     assert outcome.stats["clips"] == 2 and outcome.stats["frames"] == 75 + 111
 
 
@@ -153,7 +159,7 @@ BAD_ROWS = [
 def test_bad_row_is_reported_with_its_number(corpus, tmp_path, row, problem):
     events = write_events(tmp_path / "events.csv", [GOOD_ROWS[0], row])
     with pytest.raises(StageError, match=problem) as info:
-        gc.build(make_params(corpus, events), tmp_path / "clips")
+        gc.build(make_params(corpus, events, tmp_path / "clips"))
     assert info.value.where == f"{events}: row 2"
     assert not (tmp_path / "clips").exists()
 
@@ -162,14 +168,14 @@ def test_all_bad_rows_are_listed(corpus, tmp_path):
     rows = [GOOD_ROWS[0]] + [row for row, _ in BAD_ROWS[:3]]
     events = write_events(tmp_path / "events.csv", rows)
     with pytest.raises(StageError, match=r"and 2 more bad rows: row 3: .*; row 4: start") as info:
-        gc.build(make_params(corpus, events), tmp_path / "clips")
+        gc.build(make_params(corpus, events, tmp_path / "clips"))
     assert info.value.where.endswith("row 2")
 
 
 def test_missing_column_is_named(corpus, tmp_path):
     events = write_events(tmp_path / "events.csv", [{"recording": "rec-a.mp4", "time": 3.0}])
     with pytest.raises(StageError, match="missing column 'label'"):
-        gc.build(make_params(corpus, events), tmp_path / "clips")
+        gc.build(make_params(corpus, events, tmp_path / "clips"))
     assert not (tmp_path / "clips").exists()
 
 
@@ -189,7 +195,7 @@ def test_broken_recording_stops_the_stage_naming_the_file(corpus, tmp_path, name
     rows = [GOOD_ROWS[0], {"recording": name, "time": 2.0, "label": "death"}]
     events = write_events(tmp_path / "events.csv", rows)
     with pytest.raises(StageError, match=problem) as info:
-        gc.build(make_params(corpus, events, workers=workers), tmp_path / "clips")
+        gc.build(make_params(corpus, events, tmp_path / "clips", workers=workers))
     assert info.value.where == str(corpus / name)
     assert not (tmp_path / "clips").exists()
 
@@ -202,8 +208,10 @@ def test_skip_mode_lists_broken_recordings_and_goes_on(corpus, tmp_path, workers
         {"recording": "silent.mp4", "time": 3.0, "label": "stomp"},
     ]
     events = write_events(tmp_path / "events.csv", rows)
-    params = make_params(corpus, events, on_bad_recording="skip", workers=workers)
-    outcome = gc.build(params, tmp_path / "clips")
+    params = make_params(
+        corpus, events, tmp_path / "clips", on_bad_recording="skip", workers=workers
+    )
+    outcome = gc.build(params)
     assert [f["row"] for f in outcome.failures] == [1, 3]
     assert "cannot be decoded" in outcome.failures[0]["error"]
     assert "no audio track" in outcome.failures[1]["error"]
@@ -214,11 +222,16 @@ def test_skip_mode_lists_broken_recordings_and_goes_on(corpus, tmp_path, workers
 # --- the command line --------------------------------------------------------------------------
 
 
-def run_cli(cwd: Path, section: dict) -> subprocess.CompletedProcess:
-    (cwd / "params.yaml").write_text(yaml.safe_dump({"gameplay_clips": section}))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_cli(cwd: Path, params: Path | None = None, **section) -> subprocess.CompletedProcess:
+    """The stage as DVC runs it, in `cwd`; params.yaml's section with `section`'s keys replaced
+    (outputs keep their relative paths, so they land under `cwd`)."""
+    if params is None:
+        params = cwd / "params.yaml"
+        defaults = yaml.safe_load((ROOT / "params.yaml").read_text())["gameplay_clips"]
+        params.write_text(yaml.safe_dump({"gameplay_clips": defaults | section}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STAGES_RUN_LOG": str(cwd / "logs")}
     return subprocess.run(
-        [sys.executable, "-m", "stages.gameplay.clips"],
+        [sys.executable, "-m", "stages.gameplay.clips", "--params", str(params)],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -229,23 +242,39 @@ def run_cli(cwd: Path, section: dict) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_cli_writes_dataset_and_reports(corpus, tmp_path):
     events = write_events(tmp_path / "events.csv", GOOD_ROWS)
-    done = run_cli(tmp_path, {"recordings": str(corpus), "events": str(events), "workers": 1})
+    done = run_cli(tmp_path, recordings=str(corpus), events=str(events), workers=1)
     assert done.returncode == 0, done.stderr
-    assert dataset.count_rows(tmp_path / "data/gameplay/clips") == 4
-    reports = tmp_path / "reports/gameplay"
+    assert dataset.count_rows(tmp_path / DEFAULTS.out) == 4
+    reports = (tmp_path / DEFAULTS.metrics).parent
     assert sorted(p.name for p in reports.iterdir()) == [
         "clips.json",
+        "clips.stats.json",
         "contact_sheet.png",
         "failures.csv",
     ]
-    with open(reports / "failures.csv") as handle:
+    metrics = json.loads((tmp_path / DEFAULTS.metrics).read_text())
+    assert metrics == {
+        "audio_seconds": 12.2,
+        "clips": 4,
+        "failures": 0,
+        "frames": 366,
+        "recording_seconds": 22.0,
+        "recordings": 2,
+    }
+    stats = json.loads((tmp_path / DEFAULTS.stats).read_text())
+    assert stats["clips_per_label"] == {"mushroom": 1, "flower": 1, "stomp": 1, "death": 1}
+    with open(tmp_path / DEFAULTS.failures) as handle:
         assert list(csv.reader(handle)) == [["row", "recording", "label", "start", "end", "error"]]
+    (log,) = (tmp_path / "logs").iterdir()  # timings go to the run log, not the reports
+    assert {"seconds", "recording_seconds_per_second", "workers"} <= set(
+        json.loads(log.read_text())
+    )
 
 
 def test_cli_reports_a_bad_row_in_one_line(corpus, tmp_path):
     rows = [GOOD_ROWS[0], {"recording": "rec-a.mp4", "time": 3.0, "label": "coin"}]
     events = write_events(tmp_path / "events.csv", rows)
-    done = run_cli(tmp_path, {"recordings": str(corpus), "events": str(events)})
+    done = run_cli(tmp_path, recordings=str(corpus), events=str(events))
     assert done.returncode == 2
     assert (
         done.stderr.strip()
@@ -254,4 +283,44 @@ def test_cli_reports_a_bad_row_in_one_line(corpus, tmp_path):
             f"gameplay_clips: error: {events}: row 2: label 'coin' is not in the vocabulary"
         )
     )
-    assert not (tmp_path / "data").exists()
+    assert not (tmp_path / DEFAULTS.out).exists()
+
+
+OUTPUTS = ("out", "failures", "contact_sheet", "metrics", "stats")
+
+
+@pytest.mark.slow
+def test_real_data_is_a_params_change_here_a_copy_of_the_stand_in(tmp_path):
+    """docs/gameplay.md's switch to real recordings, with a copy of the stand-in as the corpus:
+    a params file whose input keys name the copy gives the same bytes as the original."""
+    sample = load_section(gs.Params, "gameplay_sample", ROOT / "params.yaml")
+    original = tmp_path / "sample"
+    small = dict(recordings=1, length=14.0, event_count=2, workers=1)
+    gs.build(replace(sample, out=original, events=original / "events.csv", **small))
+    shutil.copytree(original, tmp_path / "raw/gameplay")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    section = params["gameplay_clips"] | {"workers": 1}
+    built = {}
+    for run, (recordings, events) in {
+        "original": (original, original / "events.csv"),
+        "copy": ("raw/gameplay", "raw/gameplay/events.csv"),  # as in the docs, relative
+    }.items():
+        outputs = {key: f"{run}/{getattr(DEFAULTS, key)}" for key in OUTPUTS}
+        inputs = {"recordings": str(recordings), "events": str(events)}
+        params["gameplay_clips"] = section | outputs | inputs
+        (tmp_path / f"{run}.yaml").write_text(yaml.safe_dump(params))
+        done = run_cli(tmp_path, tmp_path / f"{run}.yaml")
+        assert done.returncode == 0, done.stderr
+        built[run] = {key: tmp_path / path for key, path in outputs.items()}
+    a, b = built["original"], built["copy"]
+    assert dataset.count_rows(a["out"]) == 2
+    shards = sorted(p.name for p in a["out"].iterdir())
+    assert shards == sorted(p.name for p in b["out"].iterdir())
+    for name in shards:
+        assert (a["out"] / name).read_bytes() == (b["out"] / name).read_bytes(), name
+    for key in ("failures", "contact_sheet", "metrics"):
+        assert a[key].read_bytes() == b[key].read_bytes(), key
+    stats_a, stats_b = (json.loads(x["stats"].read_text()) for x in (a, b))
+    events_a, events_b = stats_a.pop("events"), stats_b.pop("events")
+    assert events_b == {"path": "raw/gameplay/events.csv", "sha256": events_a["sha256"]}
+    assert stats_a == stats_b

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import warnings
+from dataclasses import replace
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +18,22 @@ from sklearn.preprocessing import StandardScaler
 
 from stages.common.errors import StageError
 from stages.common.media import probe
+from stages.common.params import load_section
 from stages.common.seeding import rng
 from stages.gameplay import art
 from stages.gameplay import sample as gs
 
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = load_section(gs.Params, "gameplay_sample", ROOT / "params.yaml")
+
+
+def sample_params(out: Path = DEFAULTS.out, **changes) -> gs.Params:
+    """params.yaml's section with `changes`, writing to `out` (events.csv inside it)."""
+    return replace(DEFAULTS, out=out, events=out / "events.csv", **changes)
+
 
 def test_plan_balances_labels_and_keeps_events_apart():
-    params = gs.Params(seed=7, recordings=3, length=48.0, events=30)
+    params = sample_params(seed=7, recordings=3, length=48.0, event_count=30)
     schedule = gs.plan(params)
     assert [len(events) for events in schedule] == [10, 10, 10]
     labels = [ev.label for events in schedule for ev in events]
@@ -36,7 +47,7 @@ def test_plan_balances_labels_and_keeps_events_apart():
 
 def test_plan_rejects_more_events_than_fit():
     with pytest.raises(StageError, match=r"need length >= 43\.0 s"):
-        gs.plan(gs.Params(seed=1, recordings=1, length=30.0, events=10))
+        gs.plan(sample_params(seed=1, recordings=1, length=30.0, event_count=10))
 
 
 def test_arc_starts_ends_and_peaks_where_asked():
@@ -55,7 +66,7 @@ def test_arc_starts_ends_and_peaks_where_asked():
 @pytest.fixture(scope="module")
 def rendered_events():
     """Frames (30 fps, 3 s, downscaled 4x) and 16 kHz audio around 40 events, without encoding."""
-    params = gs.Params(seed=3, recordings=1, length=6 + 40 * 3.75, events=40)
+    params = sample_params(seed=3, recordings=1, length=6 + 40 * 3.75, event_count=40)
     (events,) = gs.plan(params)
     frames = round(params.length * gs.FPS)
     motion = gs.simulate(events, frames, rng(params.seed, "gameplay-jumps", 0))
@@ -127,9 +138,9 @@ def test_chance_features_do_not_separate_the_kinds(rendered_events):
 
 @pytest.mark.slow
 def test_build_writes_decodable_recordings_byte_identical_per_seed(tmp_path):
-    small = dict(seed=5, recordings=2, length=18.0, events=6)
-    stats = gs.build(gs.Params(**small, workers=1), tmp_path / "a")
-    gs.build(gs.Params(**small, workers=2), tmp_path / "b")
+    small = dict(seed=5, recordings=2, length=18.0, event_count=6)
+    stats = gs.build(sample_params(tmp_path / "a", **small, workers=1))
+    gs.build(sample_params(tmp_path / "b", **small, workers=2))
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == ["events.csv", "rec-000.mp4", "rec-001.mp4"]
     for name in names:
@@ -146,3 +157,11 @@ def test_build_writes_decodable_recordings_byte_identical_per_seed(tmp_path):
         assert info.audio is not None and info.audio.rate == 48000
         times = [float(r["time"]) for r in rows if r["recording"] == name]
         assert all(gs.MARGIN <= t <= 18.0 - gs.MARGIN for t in times)
+
+
+def test_events_table_must_lie_inside_the_output_folder(tmp_path):
+    """DVC tracks the folder `out`: a table outside it would be an untracked output."""
+    params = replace(sample_params(tmp_path / "a"), events=tmp_path / "events.csv")
+    with pytest.raises(StageError, match="must be a file inside out"):
+        gs.build(params)
+    assert not (tmp_path / "a").exists()

@@ -13,7 +13,7 @@ Recordings are read by seeking, a few clips at a time, so memory does not grow w
 Everything is checked before anything is written: the table (columns, labels, windows, recording
 names) with row numbers (1-based data rows; line N + 1 of a CSV), then every recording (decodable,
 not truncated, has audio). A broken recording stops the stage, or with `on_bad_recording: skip`
-its clips go to `reports/gameplay/failures.csv` and the rest goes on.
+its clips go to the failures table (`failures`) and the rest goes on.
 """
 
 from __future__ import annotations
@@ -52,8 +52,6 @@ from stages.common.workers import run_jobs, worker_count, worker_pool
 
 log = logging.getLogger(__name__)
 
-OUT = Path("data/gameplay/clips")
-REPORTS = Path("reports/gameplay")
 ROW_GROUP_CLIPS = 4  # clips per Parquet row group: what a worker holds in memory
 SHEET_FRAMES = 6  # frames per label in the contact sheet
 MAX_LISTED = 5  # bad rows quoted in one error message
@@ -61,25 +59,30 @@ MAX_LISTED = 5  # bad rows quoted in one error message
 
 @dataclass(frozen=True)
 class Window:
-    duration: float = 3.0  # s, for rows that give only an event time
-    before: float = 1.5  # s of the window before the event time
-    min_duration: float = 2.0  # every clip's duration must lie in [min, max]
-    max_duration: float = 4.0
+    duration: float  # s, for rows that give only an event time
+    before: float  # s of the window before the event time
+    min_duration: float  # every clip's duration must lie in [min, max]
+    max_duration: float
 
 
 @dataclass(frozen=True)
 class Params:
-    recordings: Path
-    events: Path
-    window: Window = field(default_factory=Window)
-    labels: tuple[str, ...] = ("mushroom", "flower", "stomp", "death")
-    fps: int = 30
-    size: int = 128  # frames are resized (stretched) to size x size
-    audio_rate: int = 16000
-    on_bad_recording: Literal["fail", "skip"] = "fail"
-    workers: int = 0  # 0 = one per core
-    shard_rows: int = 24  # clips per Parquet shard (at most); one worker writes one shard
-    compression_level: int = 2  # frames: 1.5x faster to write than level 3, 2% larger
+    recordings: Path  # folder of recordings
+    events: Path  # events table (.csv or .parquet)
+    out: Path  # the clip dataset (Parquet shards)
+    failures: Path  # CSV: the clips of broken recordings (skip mode)
+    contact_sheet: Path  # PNG
+    metrics: Path
+    stats: Path
+    window: Window
+    labels: tuple[str, ...]
+    fps: int
+    size: int  # frames are resized (stretched) to size x size
+    audio_rate: int
+    on_bad_recording: Literal["fail", "skip"]
+    workers: int  # 0 = one per core
+    shard_rows: int  # clips per Parquet shard (at most); one worker writes one shard
+    compression_level: int  # frames: 1.5x faster to write than level 3, 2% larger
 
 
 @dataclass(frozen=True)
@@ -354,6 +357,7 @@ class Outcome:
     stats: dict
     failures: list[dict]
     sheet: dict[str, np.ndarray]  # label -> sheet_frames of its first clip
+    workers: int
 
 
 def probe_recording(path: Path) -> MediaInfo | StageError:
@@ -397,9 +401,8 @@ def validate_params(p: Params) -> None:
         raise StageError(p.recordings, "recordings directory not found (run dvc repro / dvc pull)")
 
 
-def build(params: Params, out: Path) -> Outcome:
-    """Validate everything, then write the clip dataset to `out` atomically."""
-    started = time.perf_counter()  # the rate in the metrics includes validating and probing
+def build(params: Params) -> Outcome:
+    """Validate everything, then write the clip dataset to `params.out` atomically."""
     validate_params(params)
     table = read_events(params.events)
     specs = parse_rows(table, params)
@@ -425,7 +428,7 @@ def build(params: Params, out: Path) -> Outcome:
         shards = max(math.ceil(len(todo) / params.shard_rows), 1)
         parts = np.array_split(np.arange(len(todo)), shards)
         total = ShardResult(per_label=dict.fromkeys(params.labels, 0))
-        with atomic_dir(out) as tmp:
+        with atomic_dir(params.out) as tmp:
             jobs = [
                 ShardJob(
                     tmp / dataset.SHARD_PATTERN.format(k),
@@ -442,31 +445,24 @@ def build(params: Params, out: Path) -> Outcome:
             finally:
                 results.close()  # on failure, the workers stop before the temporary output goes
     failures += total.failures
-    seconds = time.perf_counter() - started
-    recording_seconds = sum(infos[n].duration for n in total.recordings)
-    clip_seconds = total.samples / params.audio_rate
     stats = {
         "clips": total.rows,
         "clips_per_label": total.per_label,
         "frames": total.frames,
-        "audio_seconds": round(clip_seconds, 3),
+        "audio_seconds": round(total.samples / params.audio_rate, 3),
         "failures": len(failures),
         "failed_recordings": sorted({f["recording"] for f in failures}),
         "recordings": len(total.recordings),
-        "recording_seconds": round(recording_seconds, 3),
+        "recording_seconds": round(sum(infos[n].duration for n in total.recordings), 3),
         "fps": params.fps,
         "frame_size": [params.size, params.size],
         "audio_rate": params.audio_rate,
         "shards": len(jobs),
         "bytes": total.bytes,
-        "seconds": round(seconds, 3),
-        "recording_seconds_per_second": round(recording_seconds / seconds, 1),
-        "clip_seconds_per_second": round(clip_seconds / seconds, 1),
-        "workers": workers,
         "device": "cpu",
         "events": {"path": str(params.events), "sha256": file_digest(params.events)},
     }
-    return Outcome(stats, sorted(failures, key=lambda f: f["row"]), total.sheet)
+    return Outcome(stats, sorted(failures, key=lambda f: f["row"]), total.sheet, workers)
 
 
 def _merge(total: ShardResult, part: ShardResult) -> None:
@@ -516,19 +512,32 @@ def failures_csv(failures: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def main(params: Params) -> None:
+# The numbers compared across runs; the rest of build's stats is a record (the stats JSON).
+METRICS = ("clips", "frames", "audio_seconds", "failures", "recordings", "recording_seconds")
+
+
+def main(params: Params) -> dict:
     """Cut labelled event clips (frames + audio) out of gameplay recordings."""
-    outcome = build(params, OUT)
+    started = time.perf_counter()  # the rate includes validating and probing
+    outcome = build(params)
+    seconds = time.perf_counter() - started
     s = outcome.stats
+    rate = s["recording_seconds"] / seconds
     log.info(
-        "%d clips (%d failed) from %.0f s of recordings in %.1f s: %.0fx real time",
-        s["clips"], s["failures"], s["recording_seconds"], s["seconds"],
-        s["recording_seconds_per_second"],
+        "%d clips (%d failed) from %.0f s of recordings: %.0fx real time",
+        s["clips"], s["failures"], s["recording_seconds"], rate,
     )  # fmt: skip
-    contact_sheet(REPORTS / "contact_sheet.png", outcome.sheet, params.labels, params.size)
-    with atomic_file(REPORTS / "failures.csv", "w") as handle:
+    contact_sheet(params.contact_sheet, outcome.sheet, params.labels, params.size)
+    with atomic_file(params.failures, "w") as handle:
         handle.write(failures_csv(outcome.failures))
-    write_json(REPORTS / "clips.json", s)
+    write_json(params.metrics, {k: s[k] for k in METRICS})
+    write_json(params.stats, {k: v for k, v in s.items() if k not in METRICS})
+    return {
+        "build_seconds": round(seconds, 3),
+        "recording_seconds_per_second": round(rate, 1),
+        "clip_seconds_per_second": round(s["audio_seconds"] / seconds, 1),
+        "workers": outcome.workers,
+    }
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ A small side-scrolling platformer, rendered frame by frame at 60 fps and 256x240
 sky, clouds, hills, ground tiles, pipes the player jumps over, brick ledges, "?" blocks, a player
 that walks and jumps, walking enemies (goomba, koopa) and mushroom and flower items. The sound
 track (48 kHz mono) is a chiptune loop plus a distinct effect at every event. Output: H.264 + AAC
-MP4 files and the ground-truth events table `events.csv` (recording, time, label).
+MP4 files in the folder `out` and, inside it, the ground-truth events table `events` (recording,
+time, label). Both paths are params; the table must lie inside `out`, so DVC tracks one folder.
 
 Every event kind has its own picture and its own sound (`../shared/specs/gameplay.md`):
 - mushroom: an item climbs out of a floating "?" block, slides along the ground into the player,
@@ -26,7 +27,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,20 +60,20 @@ EMERGE = 108  # frames before contact at which an item starts to climb out of it
 BLOCK_Y = 144  # top of the floating "?" block of a mushroom
 LEDGE_Y = 160  # top of the brick ledge of a flower
 
-OUT = Path("data/gameplay/sample")
-REPORTS = Path("reports/gameplay")
-EVENTS_FILE = "events.csv"
-
 
 @dataclass(frozen=True)
 class Params:
     seed: int
-    recordings: int = 4
-    length: float = 48.0  # seconds per recording
-    events: int = 44  # over all recordings, the four kinds in equal shares
-    audio_rate: int = 48000
-    crf: int = 20  # x264 quality (lower = better)
-    workers: int = 0  # 0 = one per core
+    out: Path  # folder of the recordings
+    events: Path  # the events table, a file inside `out`
+    metrics: Path
+    stats: Path
+    recordings: int
+    length: float  # seconds per recording
+    event_count: int  # over all recordings, the four kinds in equal shares
+    audio_rate: int
+    crf: int  # x264 quality (lower = better)
+    workers: int  # 0 = one per core
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,10 @@ class Event:
 
 def plan(params: Params) -> list[list[Event]]:
     """Events of every recording, in time order; labels balanced over all recordings."""
-    if params.recordings < 1 or params.events < 1:
-        raise StageError("params.yaml: gameplay_sample", "recordings and events must be >= 1")
-    per_recording = np.full(params.recordings, params.events // params.recordings)
-    per_recording[: params.events % params.recordings] += 1
+    if params.recordings < 1 or params.event_count < 1:
+        raise StageError("params.yaml: gameplay_sample", "recordings and event_count must be >= 1")
+    per_recording = np.full(params.recordings, params.event_count // params.recordings)
+    per_recording[: params.event_count % params.recordings] += 1
     usable = params.length - 2 * MARGIN
     slot = usable / max(per_recording.max(), 1)
     if slot < SPACING:
@@ -100,8 +100,8 @@ def plan(params: Params) -> list[list[Event]]:
             "params.yaml: gameplay_sample.length",
             f"{per_recording.max()} events per recording need length >= {need:.1f} s",
         )
-    labels = np.resize(np.array(LABELS), params.events)
-    labels = labels[rng(params.seed, "gameplay-labels").permutation(params.events)]
+    labels = np.resize(np.array(LABELS), params.event_count)
+    labels = labels[rng(params.seed, "gameplay-labels").permutation(params.event_count)]
     out, taken = [], 0
     for r, count in enumerate(per_recording):
         stream = rng(params.seed, "gameplay-events", r)
@@ -380,14 +380,23 @@ def events_csv(plan_: list[list[Event]]) -> str:
     return buffer.getvalue()
 
 
-def build(params: Params, out: Path) -> dict:
-    """Write the recordings and events.csv to `out` (atomically); return statistics."""
+def events_name(params: Params) -> Path:
+    """The events table's path inside `out`: DVC tracks the folder, so the table must be in it."""
+    if not params.events.is_relative_to(params.out) or params.events == params.out:
+        raise StageError(
+            "params.yaml: gameplay_sample.events", f"must be a file inside out ({params.out})"
+        )
+    return params.events.relative_to(params.out)
+
+
+def build(params: Params) -> dict:
+    """Write the recordings and the events table to `params.out` (atomically); return stats."""
     if params.audio_rate < 8000 or params.crf < 0:
         raise StageError("params.yaml: gameplay_sample", "audio_rate must be >= 8000, crf >= 0")
+    events_file = events_name(params)
     schedule = plan(params)
     workers = worker_count(params.workers)
-    started = time.perf_counter()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(params.out) as tmp:
         jobs = [
             RecordingJob(r, events, tmp / recording_name(r), params)
             for r, events in enumerate(schedule)
@@ -395,7 +404,8 @@ def build(params: Params, out: Path) -> dict:
         with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
             results = pool.map(make_recording, jobs)
             sizes = list(progress(results, desc="recordings", total=len(jobs), unit="rec"))
-        (tmp / EVENTS_FILE).write_text(events_csv(schedule))
+        (tmp / events_file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / events_file).write_text(events_csv(schedule))
     labels = [ev.label for events in schedule for ev in events]
     return {
         "recordings": params.recordings,
@@ -406,19 +416,20 @@ def build(params: Params, out: Path) -> dict:
         "frame_size": [WIDTH, HEIGHT],
         "audio_rate": params.audio_rate,
         "bytes": int(sum(sizes)),
-        "seconds": round(time.perf_counter() - started, 3),
-        "workers": workers,
         "device": "cpu",
     }
 
 
-def main(params: Params) -> None:
+METRICS = ("recordings", "recording_seconds", "events")  # the rest of build's stats is a record
+
+
+def main(params: Params) -> dict:
     """Render synthetic gameplay recordings (MP4, H.264 + AAC) and their events table."""
-    stats = build(params, OUT)
-    log.info(
-        "%d recordings, %d events in %.1f s", stats["recordings"], stats["events"], stats["seconds"]
-    )
-    write_json(REPORTS / "sample.json", stats)
+    stats = build(params)
+    log.info("%d recordings, %d events", stats["recordings"], stats["events"])
+    write_json(params.metrics, {k: stats[k] for k in METRICS})
+    write_json(params.stats, {k: v for k, v in stats.items() if k not in METRICS})
+    return {"workers": worker_count(params.workers)}
 
 
 if __name__ == "__main__":
