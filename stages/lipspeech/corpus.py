@@ -4,12 +4,14 @@ A corpus is a CSV table (`utterances.csv`) plus the media files it names. Requir
 `utterance` (unique id), `file` (a video with an audio track, relative to the table's folder or
 absolute), `split` (train or test), `duration` (seconds the recording must at least last).
 Other columns (text, phonemes, ...) are carried along untouched. The embedded talker writes one;
-for M2TINIT write one row per sentence and point `corpus.table` at it.
+for M2TINIT write one row per sentence into the folder holding the videos, `dvc add` that folder and
+point `corpus.root` at it and `corpus.table` at the table (docs/lipspeech.md).
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +25,19 @@ from stages.common.workers import run_jobs, worker_pool
 J = TypeVar("J")
 R = TypeVar("R")
 
+log = logging.getLogger(__name__)
+
 REQUIRED = ("utterance", "file", "split", "duration")
 SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
 class Corpus:
-    """Params: where a lip/speech corpus's utterance table is (its videos sit beside it)."""
+    """Params: a lip/speech corpus: the folder dvc.yaml tracks as the stage's input (`root`) and
+    the utterance table inside it (`table`; its videos lie in the same folder)."""
 
-    table: Path = Path("data/lipspeech/corpus/utterances.csv")
+    root: Path
+    table: Path
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,21 @@ def read_table(table: Path) -> list[Entry]:
         entries.append(Entry(name, path, row["split"], duration))
     if not any(e.split == "train" for e in entries):
         raise StageError(table, "no utterance in the train split (PCA is fitted on it)")
+    return entries
+
+
+def read_corpus(c: Corpus) -> list[Entry]:
+    """The table's rows; the table must lie in `root`, the folder DVC hashes, or a changed table
+    would not re-run the stages."""
+    root = c.root.resolve()
+    if root not in c.table.resolve().parents:
+        raise StageError(c.table, f"lies outside corpus.root ({c.root}), the folder DVC tracks")
+    entries = read_table(c.table)
+    outside = [e.path for e in entries if root not in e.path.resolve().parents]
+    if outside:  # readable, but DVC would not notice when they change
+        log.warning(
+            "%d files lie outside corpus.root (%s), e.g. %s", len(outside), c.root, outside[0]
+        )
     return entries
 
 

@@ -5,10 +5,9 @@ K DCT coefficients, subtracts each utterance's mean (optional) and projects on a
 training split only. Every file is checked (readable, ROI inside the frame, as long as the table
 says) before anything is written.
 
-Outputs: `data/lipspeech/lip/` (schema `lip_schema`), `data/lipspeech/lip_transform.npz` (the fitted
-transform, invertible), `reports/lipspeech/lip_features.json` and
-`reports/lipspeech/lip_preview.png` (original ROIs above the ROIs rebuilt from their features, for
-a few frames of a test utterance).
+Outputs (paths in params): `out` (schema `lip_schema`), `transform` (the fitted transform, an
+invertible `.npz`), `metrics`, `stats` and `preview` (original ROIs above the ROIs rebuilt from
+their features, for a few frames of a test utterance).
 """
 
 from __future__ import annotations
@@ -35,41 +34,43 @@ from stages.lipspeech.lip_transform import LipTransform, dct2, fit_pca, select_c
 
 log = logging.getLogger(__name__)
 
-OUT = Path("data/lipspeech/lip")
-TRANSFORM = Path("data/lipspeech/lip_transform.npz")
-REPORTS = Path("reports/lipspeech")
 PREVIEW_SCALE = 3  # ROI pixels per preview pixel side
 
 
 @dataclass(frozen=True)
 class Roi:
-    x: int = 333
-    y: int = 253
-    width: int = 55
-    height: int = 55
+    x: int
+    y: int
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
 class Dct:
-    keep: int = 100  # coefficients kept per frame
-    selection: Literal["zigzag", "energy"] = "zigzag"
+    keep: int  # coefficients kept per frame
+    selection: Literal["zigzag", "energy"]
 
 
 @dataclass(frozen=True)
 class Pca:
-    components: int | None = 30  # exactly one of components / variance
-    variance: float | None = None  # e.g. 0.95: the fewest components explaining that share
+    components: int | None  # exactly one of components / variance
+    variance: float | None  # e.g. 0.95: the fewest components explaining that share
 
 
 @dataclass(frozen=True)
 class Params:
     corpus: Corpus
+    out: Path
+    transform: Path
+    metrics: Path
+    stats: Path
+    preview: Path
     roi: Roi
     dct: Dct
     pca: Pca
-    mean_normalise: bool = True
-    preview_frames: int = 6
-    workers: int = 0
+    mean_normalise: bool
+    preview_frames: int
+    workers: int
 
 
 def validate(p: Params) -> None:
@@ -177,10 +178,10 @@ def preview(
     save_grid(path, tiles)
 
 
-def main(params: Params) -> None:
+def main(params: Params) -> dict:
     """DCT+PCA lip features of every video frame, PCA fitted on the training split."""
     validate(params)
-    entries = corpus.read_table(params.corpus.table)
+    entries = corpus.read_corpus(params.corpus)
     started = time.perf_counter()
     workers = worker_count(params.workers)
     jobs = [(e, params.roi) for e in entries]
@@ -201,7 +202,10 @@ def main(params: Params) -> None:
         ),
     )
     schema = lip_schema(transform.dims, fps)
-    with atomic_dir(OUT) as tmp, dataset.ShardWriter(tmp, schema, shard_rows=200_000) as writer:
+    with (
+        atomic_dir(params.out) as tmp,
+        dataset.ShardWriter(tmp, schema, shard_rows=200_000) as writer,
+    ):
         for c in clips:
             n = len(c.rois)
             writer.write(
@@ -213,9 +217,9 @@ def main(params: Params) -> None:
                     "features": features[c.entry.utterance].astype(np.float32),
                 }
             )
-    transform.save(TRANSFORM)
+    transform.save(params.transform)
     preview(
-        REPORTS / "lip_preview.png",
+        params.preview,
         test[0],
         transform,
         features[test[0].entry.utterance],
@@ -224,37 +228,37 @@ def main(params: Params) -> None:
     frames = sum(len(c.rois) for c in clips)
     ratio = transform.explained_variance_ratio
     write_json(
-        REPORTS / "lip_features.json",
+        params.metrics,
         {
-            "corpus": corpus.provenance(params.corpus.table),
             "utterances": {s: sum(c.entry.split == s for c in clips) for s in corpus.SPLITS},
             "frames": frames,
+            "pca_dims": transform.dims,
+            "explained_variance_kept": round(float(ratio[: transform.dims].sum()), 6),
+            "test_rebuild_psnr_db": round(quality, 3),
+        },
+    )
+    write_json(
+        params.stats,
+        {
+            "corpus": corpus.provenance(params.corpus.table),
             "fps": fps,
             "dct_kept": len(transform.coefficients),
             "dct_selection": params.dct.selection,
-            "pca_dims": transform.dims,
             "explained_variance": {
-                "kept_total": round(float(ratio[: transform.dims].sum()), 6),
                 "per_component": [round(float(r), 6) for r in ratio[: transform.dims]],
                 "note": "share of the training split's variance of the kept DCT coefficients"
                 + (" after per-utterance mean removal" if params.mean_normalise else ""),
             },
-            "test_rebuild_psnr_db": round(quality, 3),
             "preview_utterance": test[0].entry.utterance,
-            "seconds": round(seconds, 3),
-            "decode_seconds": round(decoded, 3),
-            "frames_per_second": round(frames / seconds, 1),
-            "workers": workers,
-            "device": "cpu",
         },
     )
-    log.info(
-        "%d frames -> %d dims in %.1f s (%.0f frames/s)",
-        frames,
-        transform.dims,
-        seconds,
-        frames / seconds,
-    )
+    log.info("%d frames -> %d dims (%.0f frames/s)", frames, transform.dims, frames / seconds)
+    return {
+        "features_seconds": round(seconds, 3),
+        "decode_seconds": round(decoded, 3),
+        "frames_per_second": round(frames / seconds, 1),
+        "workers": workers,
+    }
 
 
 if __name__ == "__main__":

@@ -5,9 +5,8 @@ to 12 kHz with soxr's very-high-quality anti-aliasing filter, cut centred Blackm
 (frame k at time k * hop / rate) and run SPTK-style mel-cepstral analysis (`melcep`,
 checked against `pysptk.sptk.mcep` on a sample of frames every run; the MCD is in the metrics).
 
-Outputs `data/lipspeech/mcep/` (schema `MCEP_SCHEMA`), `reports/lipspeech/mcep.json` and
-`reports/lipspeech/mcep_preview.png` (a test utterance's spectrogram beside the spectrum rebuilt
-from its mel-cepstra).
+Outputs (paths in params): `out` (schema `mcep_schema`), `metrics`, `stats` and `preview` (a test
+utterance's spectrogram beside the spectrum rebuilt from its mel-cepstra).
 """
 
 from __future__ import annotations
@@ -38,27 +37,25 @@ from stages.lipspeech.mcd import mcd_frames
 
 log = logging.getLogger(__name__)
 
-OUT = Path("data/lipspeech/mcep")
-REPORTS = Path("reports/lipspeech")
 MAX_MCD_VS_PYSPTK = 0.05  # dB: the promised agreement with the reference implementation
 AUDIO_SLACK = 0.05  # seconds an audio track may fall short of the table's duration
 
 
 @dataclass(frozen=True)
 class Analysis:
-    sample_rate: int = 12000
-    frame_length: int = 300  # 25 ms
-    hop: int = 60  # 5 ms
-    nfft: int = 512
-    window: Literal["blackman", "hamming", "hann"] = "blackman"
-    order: int = 31  # 32 coefficients c0..c31
-    alpha: float = 0.37
-    miniter: int = 2
-    maxiter: int = 30
-    threshold: float = 0.001
-    etype: int = 1  # 1: add eps to the periodogram, so digital silence stays finite
-    eps: float = 1.0e-8
-    min_det: float = 1.0e-6
+    sample_rate: int
+    frame_length: int
+    hop: int
+    nfft: int
+    window: Literal["blackman", "hamming", "hann"]
+    order: int  # order 31 = 32 coefficients c0..c31
+    alpha: float
+    miniter: int
+    maxiter: int
+    threshold: float
+    etype: int  # 1: add eps to the periodogram, so digital silence stays finite
+    eps: float
+    min_det: float
 
     @property
     def solver(self) -> dict:
@@ -76,9 +73,13 @@ class Analysis:
 @dataclass(frozen=True)
 class Params:
     corpus: Corpus
+    out: Path
+    metrics: Path
+    stats: Path
+    preview: Path
     analysis: Analysis
-    check_frames: int = 200  # frames re-analysed with pysptk.sptk.mcep each run (0 = none)
-    workers: int = 0
+    check_frames: int  # frames re-analysed with pysptk.sptk.mcep each run (0 = none)
+    workers: int
 
 
 def mcep_schema(a: Analysis) -> dataset.SampleSchema:
@@ -195,7 +196,7 @@ def preview(path: Path, result: Result, a: Analysis) -> None:
     save_grid(path, np.stack(tiles)[None])
 
 
-def main(params: Params) -> None:
+def main(params: Params) -> dict:
     """Mel-cepstra of every utterance's speech, at 12 kHz, 5 ms frames, checked against pysptk."""
     a = params.analysis
     try:
@@ -207,10 +208,10 @@ def main(params: Params) -> None:
         raise StageError(
             "params.yaml: mel_cepstrum.analysis", "need 0 < frame_length <= nfft, hop > 0"
         )
-    entries = corpus.read_table(params.corpus.table)
+    entries = corpus.read_corpus(params.corpus)
     started = time.perf_counter()
-    jobs = [(e, a) for e in entries]
-    results = corpus.map_utterances(process, jobs, worker_count(params.workers), "mcep")
+    workers = worker_count(params.workers)
+    results = corpus.map_utterances(process, [(e, a) for e in entries], workers, "mcep")
     seconds = time.perf_counter() - started
     frames = sum(len(r.mcep) for r in results)
     check = check_against_pysptk(results, a, params.check_frames) if params.check_frames else None
@@ -221,7 +222,10 @@ def main(params: Params) -> None:
             f"(allowed {MAX_MCD_VS_PYSPTK} dB): the analysis is broken, nothing was written",
         )
     schema = mcep_schema(a)
-    with atomic_dir(OUT) as tmp, dataset.ShardWriter(tmp, schema, shard_rows=200_000) as writer:
+    with (
+        atomic_dir(params.out) as tmp,
+        dataset.ShardWriter(tmp, schema, shard_rows=200_000) as writer,
+    ):
         for r in results:
             n = len(r.mcep)
             writer.write(
@@ -234,28 +238,39 @@ def main(params: Params) -> None:
                 }
             )
     shown = next((r for r in results if r.entry.split == "test"), results[0])
-    preview(REPORTS / "mcep_preview.png", shown, a)
+    preview(params.preview, shown, a)
+    # The MCDs are the check's result (metrics); frames checked and versions describe it (stats).
+    score_keys = ("mcd_db_mean", "mcd_db_max")
+    scores = {k: v for k, v in check.items() if k in score_keys} if check else None
+    record = {k: v for k, v in check.items() if k not in score_keys} if check else None
     write_json(
-        REPORTS / "mcep.json",
+        params.metrics,
         {
-            "corpus": corpus.provenance(params.corpus.table),
             "utterances": len(results),
             "frames": frames,
+            "non_finite_values": int(sum((~np.isfinite(r.mcep)).sum() for r in results)),
+            "check_against_pysptk": scores,
+        },
+    )
+    write_json(
+        params.stats,
+        {
+            "corpus": corpus.provenance(params.corpus.table),
             "frames_per_split": {
                 s: sum(len(r.mcep) for r in results if r.entry.split == s) for s in corpus.SPLITS
             },
             "input_sample_rates": sorted({r.input_rate for r in results}),
             "input_channels": sorted({r.channels for r in results}),
-            "non_finite_values": int(sum((~np.isfinite(r.mcep)).sum() for r in results)),
-            "check_against_pysptk": check,
+            "check_against_pysptk": record,
             "preview_utterance": shown.entry.utterance,
-            "seconds": round(seconds, 3),
-            "frames_per_second": round(frames / seconds, 1),
-            "workers": worker_count(params.workers),
-            "device": "cpu",
         },
     )
-    log.info("%d frames of %d utterances in %.1f s", frames, len(results), seconds)
+    log.info("%d frames of %d utterances (%.0f frames/s)", frames, len(results), frames / seconds)
+    return {
+        "analysis_seconds": round(seconds, 3),
+        "frames_per_second": round(frames / seconds, 1),
+        "workers": workers,
+    }
 
 
 if __name__ == "__main__":

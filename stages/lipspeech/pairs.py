@@ -8,7 +8,7 @@ Video runs at 29.97 fps, mel-cepstra at 200 Hz (5 ms), so one of the two is resa
 - `pool`: one row per video frame k. Its mel-cepstrum is the mean of the frames whose centres lie
   in [k / fps - 0.5 / fps, k / fps + 0.5 / fps); video frames with none are dropped.
 
-Output `data/lipspeech/pairs/` (schema `pairs_schema`), stats in `reports/lipspeech/pairs.json`.
+Reads the datasets `lip` and `mcep`; writes `out` (schema `pairs_schema`), `metrics` and `stats`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,6 @@ from stages.lipspeech.mcd import mcd
 
 log = logging.getLogger(__name__)
 
-LIP = Path("data/lipspeech/lip")
-MCEP = Path("data/lipspeech/mcep")
-OUT = Path("data/lipspeech/pairs")
-REPORTS = Path("reports/lipspeech")
-
 RULES = {
     "interpolate": "one row per mel-cepstrum frame; lip features linearly interpolated in time "
     "between the video frames around its centre (video frame k at k / fps); frames outside the "
@@ -45,7 +40,12 @@ RULES = {
 
 @dataclass(frozen=True)
 class Params:
-    alignment: Literal["interpolate", "pool"] = "interpolate"
+    lip: Path  # lip_features' dataset
+    mcep: Path  # mel_cepstrum's dataset
+    out: Path
+    metrics: Path
+    stats: Path
+    alignment: Literal["interpolate", "pool"]
 
 
 def interpolate_features(
@@ -103,19 +103,20 @@ def by_utterance(columns: dict) -> dict[str, slice]:
     return ranges
 
 
-def align(lip: dict, mcep: dict, fps: float, alignment: str) -> dict[str, np.ndarray]:
-    """All aligned rows as columns, utterance by utterance in the lip dataset's order."""
+def align(
+    lip: dict, mcep: dict, fps: float, alignment: str, where: str = "lip vs mcep"
+) -> dict[str, np.ndarray]:
+    """All aligned rows as columns, utterance by utterance in the lip dataset's order; `where`
+    names the two datasets in errors."""
     lip_rows, mcep_rows = by_utterance(lip), by_utterance(mcep)
     only = sorted(set(lip_rows) ^ set(mcep_rows))
     if only:
-        raise StageError(
-            f"{LIP} vs {MCEP}", f"utterances in one dataset but not the other: {only[:5]}"
-        )
+        raise StageError(where, f"utterances in one dataset but not the other: {only[:5]}")
     out: dict[str, list] = {k: [] for k in ("utterance", "split", "frame", "time", "lip", "mcep")}
     for name, rows in lip_rows.items():
         m = mcep_rows[name]
         if lip["split"][rows.start] != mcep["split"][m.start]:
-            raise StageError(f"{LIP} vs {MCEP}: {name}", "split differs between the datasets")
+            raise StageError(f"{where}: {name}", "split differs between the datasets")
         lip_t, lip_x = lip["time"][rows], lip["features"][rows].astype(np.float64)
         mc_t, mc_x = mcep["time"][m], mcep["mcep"][m].astype(np.float64)
         if alignment == "interpolate":
@@ -160,23 +161,33 @@ def learnability(rows: dict[str, np.ndarray]) -> dict:
 
 def main(params: Params) -> None:
     """Pair lip features with mel-cepstra frame by frame (rule: params.alignment)."""
-    fps = float(dataset.describe(LIP)["metadata"]["fps"])
-    lip, mcep = dataset.read_arrays(LIP), dataset.read_arrays(MCEP)
-    rows = align(lip, mcep, fps, params.alignment)
+    fps = float(dataset.describe(params.lip)["metadata"]["fps"])
+    lip, mcep = dataset.read_arrays(params.lip), dataset.read_arrays(params.mcep)
+    rows = align(lip, mcep, fps, params.alignment, f"{params.lip} vs {params.mcep}")
     schema = pairs_schema(rows["lip"].shape[1], rows["mcep"].shape[1], params.alignment)
-    with atomic_dir(OUT) as tmp, dataset.ShardWriter(tmp, schema, shard_rows=200_000) as writer:
+    with (
+        atomic_dir(params.out) as tmp,
+        dataset.ShardWriter(tmp, schema, shard_rows=200_000) as writer,
+    ):
         writer.write(rows)
+    baselines = learnability(rows)
     write_json(
-        REPORTS / "pairs.json",
+        params.metrics,
         {
-            "alignment": params.alignment,
-            "rule": RULES[params.alignment],
             "rows": len(rows["time"]),
             "rows_per_split": {s: int((rows["split"] == s).sum()) for s in ("train", "test")},
             "utterances": len(set(rows["utterance"].tolist())),
+            "lip_to_mcep_baselines": {k: v for k, v in baselines.items() if k != "note"},
+        },
+    )
+    write_json(
+        params.stats,
+        {
+            "alignment": params.alignment,
+            "rule": RULES[params.alignment],
             "lip_dims": int(rows["lip"].shape[1]),
             "mcep_dims": int(rows["mcep"].shape[1]),
-            "lip_to_mcep_baselines": learnability(rows),
+            "baselines_note": baselines.get("note"),
             "dropped_mcep_frames": len(mcep["time"]) - len(rows["time"])
             if params.alignment == "interpolate"
             else None,

@@ -1,8 +1,9 @@
 """lipspeech_sample: the embedded stand-in for M2TINIT, a synthetic talker's audio-visual corpus.
 
-Writes `data/lipspeech/corpus/`: one mp4 per utterance (H.264 720x480 at 29.97 fps of the lower
-face; AAC 48 kHz speech from the same phone sequence, see `stages.lipspeech.talker`) and
-`utterances.csv`, the table the feature stages read (the same format a real corpus provides):
+Writes the folder `out`: one mp4 per utterance in `videos/` (H.264 720x480 at 29.97 fps of the lower
+face; AAC 48 kHz speech from the same phone sequence, see `stages.lipspeech.talker`) and the
+utterance table `table` (inside `out`), which the feature stages read (the same format a real
+corpus provides):
 
     utterance, file (relative to the table), split (train/test), duration (s), text,
     phonemes (space-separated), phone_ends (space-separated seconds, one per phoneme)
@@ -33,9 +34,6 @@ from stages.lipspeech.corpus import map_utterances
 
 log = logging.getLogger(__name__)
 
-OUT = Path("data/lipspeech/corpus")
-REPORTS = Path("reports/lipspeech")
-TABLE = "utterances.csv"
 # x264's own default key-frame interval, which the corpus has always been encoded with (the lip
 # stage decodes whole videos, so it never seeks); keeps its video bit-identical.
 GOP = 250
@@ -46,18 +44,24 @@ COLUMNS = ("utterance", "file", "split", "duration", "text", "phonemes", "phone_
 @dataclass(frozen=True)
 class Params:
     seed: int
-    utterances: int = 30
-    min_seconds: float = 2.0
-    max_seconds: float = 4.0
-    test_fraction: float = 0.2
-    jitter_px: float = 1.5  # peak head motion, so the lip box is not exactly fixed
-    channels: int = 1  # 1 = mono, 2 = stereo (the same speech on both)
-    crf: int = 18  # H.264 quality (lower = better)
-    workers: int = 0  # processes; 0 = one per core
+    out: Path  # the corpus folder: videos/ and the table
+    table: Path  # the utterance table, directly in `out`
+    metrics: Path
+    stats: Path
+    utterances: int
+    min_seconds: float
+    max_seconds: float
+    test_fraction: float
+    jitter_px: float  # peak head motion, so the lip box is not exactly fixed
+    channels: int  # 1 = mono, 2 = stereo (the same speech on both)
+    crf: int  # H.264 quality (lower = better)
+    workers: int  # processes; 0 = one per core
 
 
 def validate(p: Params) -> None:
     where = "params.yaml: lipspeech_sample"
+    if p.table.parent != p.out:  # its `file` column is relative to the table's folder
+        raise StageError(f"{where}.table", f"must lie directly in out ({p.out})")
     if p.utterances < 2:
         raise StageError(f"{where}.utterances", "need at least 2 (one per split)")
     if not 0.5 <= p.min_seconds <= p.max_seconds:
@@ -123,39 +127,42 @@ def table_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def main(params: Params) -> None:
+def main(params: Params) -> dict:
     """Synthesise the talker corpus: videos with speech plus a table of utterances."""
     validate(params)
     test = test_split(params.seed, params.utterances, params.test_fraction)
     started = time.perf_counter()
     workers = worker_count(params.workers)
-    with atomic_dir(OUT) as tmp:
+    with atomic_dir(params.out) as tmp:
         (tmp / "videos").mkdir()
         jobs = [Job(i, tmp, params) for i in range(params.utterances)]
         rows = map_utterances(make_utterance, jobs, workers, "utterances")
         for row, is_test in zip(rows, test, strict=True):
             row["split"] = "test" if is_test else "train"
-        (tmp / TABLE).write_text(table_text(rows))
+        (tmp / params.table.name).write_text(table_text(rows))
         sizes = sum(f.stat().st_size for f in (tmp / "videos").iterdir())
     seconds = time.perf_counter() - started
     phones = Counter(p for row in rows for p in row["phonemes"].split())
     durations = [float(r["duration"]) for r in rows]
     write_json(
-        REPORTS / "corpus.json",
+        params.metrics,
         {
             "utterances": {"train": int((~test).sum()), "test": int(test.sum())},
             "speech_seconds": round(sum(durations), 3),
+        },
+    )
+    write_json(
+        params.stats,
+        {
             "duration_range_s": [round(min(durations), 3), round(max(durations), 3)],
             "phone_counts": dict(sorted(phones.items())),
             "video": {"width": talker.WIDTH, "height": talker.HEIGHT, "fps": str(talker.FPS)},
             "audio": {"sample_rate": talker.SAMPLE_RATE, "channels": params.channels},
             "bytes": sizes,
-            "seconds": round(seconds, 3),
-            "workers": workers,
-            "device": "cpu",
         },
     )
     log.info("%d utterances, %.1f s of speech in %.1f s", len(rows), sum(durations), seconds)
+    return {"workers": workers}
 
 
 if __name__ == "__main__":
