@@ -6,11 +6,12 @@
     python -m flows.scheduler serve                                  # the deployments, foreground
 
 Schedules need a persistent server (the temporary per-process one cannot run them), so `start`
-launches `prefect server start` (SQLite in PREFECT_HOME) and waits for its health check, then
-launches `serve`, which registers every deployment of the config with its cron (or interval)
-schedule and runs their flow runs as they come due. Each process leads its own process group and
-its id is kept in PREFECT_HOME, so `stop` ends exactly those groups (the server's workers and any
-running flow runs with them), and nothing else.
+launches `prefect server start` (SQLite in PREFECT_HOME), waits for `prefect server status --wait`,
+then launches `serve`, which registers every deployment of the config with its cron (or interval)
+schedule and runs their flow runs as they come due. Both pids are kept in PREFECT_HOME (the server's
+in Prefect's own `server.pid`) and everything we start carries a marker in its environment, so
+`stop` ends exactly our processes (flow runs included) and nothing else. Why not Prefect's
+`--background` and `stop`: see "processes" below.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,7 +36,6 @@ from stages.common.params import from_mapping, load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "flows" / "schedule.yaml"
-PROCESSES = ("serve", "server")  # stop order: no new runs first, then the API they report to
 STOP_GRACE_S = 20.0
 MARKER = "MMPIPE_SCHEDULER_HOME"  # inherited by everything we start, and only by that
 
@@ -113,7 +112,18 @@ def environment(config: Config) -> dict[str, str]:
     }
 
 
-# --- process bookkeeping ---------------------------------------------------------------------
+# --- processes ---------------------------------------------------------------------------------
+# prefect 3.8.8's own `prefect server ...` commands, and what we take from them:
+# - `status --wait --timeout N` polls the API's health check: we wait with it (watching the server
+#   process meanwhile, which it does not: a dead server would cost the whole timeout), and `status`
+#   reports its answer. `start` refuses a host:port it cannot bind, so we need no port check.
+# - `start --background` is not used: it leaves uvicorn's stdout and stderr on pipes nobody reads
+#   once the CLI exits (the server's log, and why it died, are lost), its server.pid outlives a
+#   crash and blocks the next start, and the server stays in the caller's process group. We run
+#   `prefect server start` in the foreground like `serve`, logging to PREFECT_HOME/server.log, and
+#   write server.pid only once it is up (Prefect's start reads one as its own background server).
+# - `stop` is not used: it SIGTERMs the pid in server.pid even if another process has it by now,
+#   returns before the server has exited, and knows nothing of `serve` and its flow runs.
 
 
 def pid_file(config: Config, name: str) -> Path:
@@ -123,7 +133,7 @@ def pid_file(config: Config, name: str) -> Path:
 def ours(config: Config, pid: int) -> bool:
     """Whether `pid` is a live process we started (or a child of one): it carries our marker."""
     try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        environ = Path(f"/proc/{pid}/environ").read_bytes()  # fails for zombies too
     except OSError:
         return False
     return f"{MARKER}={config.home}".encode() in environ.split(b"\0")
@@ -131,82 +141,60 @@ def ours(config: Config, pid: int) -> bool:
 
 def running(config: Config, name: str) -> int | None:
     """The pid of our `name` process if it is still the one we started (pids get recycled)."""
-    path = pid_file(config, name)
-    if not path.exists():
+    try:
+        pid = int(pid_file(config, name).read_text())
+    except (OSError, ValueError):
         return None
-    pid = int(path.read_text())
     return pid if ours(config, pid) else None
 
 
-def stragglers(config: Config) -> list[int]:
-    """Our processes outside the two groups, e.g. flow runs Prefect started in their own session."""
+def all_ours(config: Config) -> list[int]:
+    """Every live process we started and its descendants, flow runs in their own session too."""
     pids = (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
     return [pid for pid in pids if pid != os.getpid() and ours(config, pid)]
 
 
-def launch(config: Config, name: str, args: list[str]) -> int:
+def launch(config: Config, name: str, args: list[str]) -> subprocess.Popen:
     log = open(config.home / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it open)
     process = subprocess.Popen(
-        args,
-        cwd=REPO,
-        env=environment(config),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so `stop` can end all of it
-    )
+        args, cwd=REPO, env=environment(config), stdin=subprocess.DEVNULL, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True,  # out of the caller's terminal signals
+    )  # fmt: skip
     log.close()
-    pid_file(config, name).write_text(f"{process.pid}\n")
-    return process.pid
+    return process
 
 
-def stop_group(pid: int, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM the process group led by `pid`, SIGKILL it if it outlives the grace period."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
-            _reap(pid)
+def end(config: Config, pids: list[int]) -> None:
+    """SIGTERM `pids`; SIGKILL those still alive after STOP_GRACE_S."""
+    for sig, grace_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while (pids := [p for p in pids if ours(config, p)]) and time.monotonic() < deadline:
             time.sleep(0.2)
-
-
-def _reap(pid: int) -> None:
-    """Collect our own exited child, if it is one, so it does not linger as a zombie."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex((host, port)) != 0
-
-
-def api_get(url: str) -> bytes | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read()
-    except (urllib.error.URLError, OSError):
-        return None
+        if not pids:
+            return
 
 
 def wait_until(
-    check: Callable[[], bool], timeout_s: float, what: str, config: Config, name: str
+    check: Callable[[], bool], what: str, config: Config, name: str, process: subprocess.Popen
 ) -> None:
-    deadline = time.monotonic() + timeout_s
+    """Poll `check` each second; fail at once if `process` (our `name`) dies meanwhile."""
+    log = config.home / f"{name}.log"
+    deadline = time.monotonic() + config.server.start_timeout_s
     while time.monotonic() < deadline:
         if check():
             return
-        if running(config, name) is None:
-            raise StageError(config.home / f"{name}.log", f"{name} exited while {what}")
+        if process.poll() is not None:
+            tail = " ".join(log.read_text(errors="replace").split()[-40:])
+            raise StageError(log, f"{name} exited while {what}; its log ends: ...{tail}")
         time.sleep(1.0)
-    raise StageError(config.home / f"{name}.log", f"timed out after {timeout_s:.0f} s {what}")
+    raise StageError(log, f"timed out after {config.server.start_timeout_s:.0f} s {what}")
+
+
+def prefect(*args: str) -> list[str]:
+    return [sys.executable, "-m", "prefect", *args]
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -235,26 +223,25 @@ def start(config: Config) -> None:
     check_sqlalchemy(config)
     config.home.mkdir(parents=True, exist_ok=True)
     (config.home / ".gitignore").write_text("*\n")  # the database and logs stay out of Git
-    if any(running(config, n) for n in PROCESSES):
+    if all_ours(config):
         raise StageError(config.home, "the scheduler is already running (stop it first)")
-    s = config.server
-    if not port_free(s.host, s.port):
-        raise StageError(f"{s.host}:{s.port}", "port already in use (set server.port)")
-    started = time.monotonic()
-    launch(config, "server", [sys.executable, "-m", "prefect", "server", "start",
-                              "--host", s.host, "--port", str(s.port)])  # fmt: skip
+    for name in ("server", "serve"):  # stale ones: Prefect takes a server.pid for its own
+        pid_file(config, name).unlink(missing_ok=True)
+    s, started = config.server, time.monotonic()
+    args = prefect("server", "start", "--host", s.host, "--port", str(s.port))
+    server = launch(config, "server", args)
     try:
-        health = f"{config.api_url}/health"
-        wait_until(lambda: api_get(health) is not None, s.start_timeout_s,
-                   "waiting for the server's health check", config, "server")  # fmt: skip
+        wait_healthy(config, server)
         print(f"server up in {time.monotonic() - started:.1f} s: {config.api_url[:-4]}")
-        launch(config, "serve", [sys.executable, "-m", "flows.scheduler", "serve",
-                                 "--config", str(config.file)])  # fmt: skip
-        wait_until(lambda: deployments_ready(config), s.start_timeout_s,
-                   "registering the deployments", config, "serve")  # fmt: skip
+        args = [sys.executable, "-m", "flows.scheduler", "serve", "--config", str(config.file)]
+        serve = launch(config, "serve", args)
+        wait_until(lambda: deployments_ready(config),
+                   "registering the deployments", config, "serve", serve)  # fmt: skip
     except BaseException:
-        stop(config)
+        stop(config)  # finds them by their marker
         raise
+    for name, process in (("server", server), ("serve", serve)):  # only now (see above)
+        pid_file(config, name).write_text(f"{process.pid}\n")
     for d in config.deployments:
         when = f"cron '{d.cron}' {d.timezone}" if d.cron else f"every {d.interval:g} s"
         print(f"deployment {d.flow}/{d.name}: {when}")
@@ -262,6 +249,22 @@ def start(config: Config) -> None:
     if config.file != CONFIG:
         stop_cmd += f" --config {config.file}"
     print(f"logs and database in {config.home}; stop with: {stop_cmd}")
+
+
+def wait_healthy(config: Config, server: subprocess.Popen) -> None:
+    """`prefect server status --wait` while we watch the server process, which it does not."""
+    timeout = str(int(config.server.start_timeout_s))
+    args = prefect("server", "status", "--wait", "--timeout", timeout)
+    with subprocess.Popen(args, env=environment(config), stdout=subprocess.DEVNULL) as health:
+        try:
+            done = lambda: health.poll() is not None  # noqa: E731
+            wait_until(done, "waiting for the server's health check", config, "server", server)
+        finally:
+            health.kill()
+    if health.returncode != 0:
+        raise StageError(
+            config.home / "server.log", f"no answer to its health check in {timeout} s"
+        )
 
 
 def deployments_ready(config: Config) -> bool:
@@ -278,34 +281,29 @@ def deployments_ready(config: Config) -> bool:
 
 
 def stop(config: Config) -> None:
-    for name in PROCESSES:
-        pid = running(config, name)
-        if pid is not None:
-            stop_group(pid)
-            print(f"stopped {name} (process group {pid})")
+    """`serve` and its flow runs first (no new runs), then the server, then anything left."""
+    server = running(config, "server")
+    batches = {
+        "serve and its flow runs": lambda: [p for p in all_ours(config) if p != server],
+        "server": lambda: [server] if server else [],
+        "leftover processes": lambda: all_ours(config),
+    }
+    for what, find in batches.items():
+        if pids := find():
+            end(config, pids)
+            print(f"stopped {what}: {' '.join(map(str, pids))}")
+    for name in ("serve", "server"):
         pid_file(config, name).unlink(missing_ok=True)
-    for pid in stragglers(config):
-        _stop_one(pid)
-        print(f"stopped leftover process {pid}")
-
-
-def _stop_one(pid: int) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        for _ in range(int(STOP_GRACE_S / 0.2)):
-            if not Path(f"/proc/{pid}").exists():
-                return
-            time.sleep(0.2)
 
 
 def status(config: Config) -> bool:
-    up = {n: running(config, n) for n in PROCESSES}
+    up = {n: running(config, n) for n in ("server", "serve")}
     for name, pid in up.items():
         print(f"{name}: {'running, pid ' + str(pid) if pid else 'not running'}")
-    healthy = api_get(f"{config.api_url}/health") is not None
-    print(f"api {config.api_url}: {'healthy' if healthy else 'not answering'}")
-    return all(up.values()) and healthy
+    api = subprocess.run(prefect("server", "status"), env=environment(config),
+                         capture_output=True, text=True)  # fmt: skip
+    print((api.stdout + api.stderr).strip())
+    return all(up.values()) and api.returncode == 0
 
 
 def serve(config: Config) -> None:

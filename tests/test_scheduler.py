@@ -141,7 +141,10 @@ def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> 
     try:
         started = scheduler_cli("start")
         assert started.returncode == 0, started.stderr
-        assert scheduler_cli("status").returncode == 0
+        state = scheduler_cli("status")
+        assert state.returncode == 0, state.stdout
+        assert "Server is available" in state.stdout  # prefect server status, on our API URL
+        assert (home / "server.pid").read_text().strip() in state.stdout  # Prefect's pid file
         listening = listening_addresses(our_processes(home))
         assert listening and listening <= LOOPBACK, f"listening beyond localhost: {listening}"
         deadline, runs, reproduced, completed = time.monotonic() + 300, [], [], set()
@@ -167,3 +170,22 @@ def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> 
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the server still listens"
     assert json.loads(dvc(workspace, "status", "--json") or "{}") == {}
+
+
+@pytest.mark.slow
+def test_start_on_a_taken_port_fails_fast_with_prefects_reason(tmp_path: Path) -> None:
+    home = tmp_path / "prefect"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write(tmp_path / "s.yaml", CONFIG.format(port=port, home=home, workspace=ROOT))
+        args = [sys.executable, "-m", "flows.scheduler", "start", "--config", str(config)]
+        started = time.monotonic()
+        done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "server exited while waiting" in done.stderr
+    assert f"Port {port} is already in use" in done.stderr  # from `prefect server start`
+    assert time.monotonic() - started < 120  # not the 240 s health-check timeout
+    assert our_processes(home) == []
+    assert not (home / "server.pid").exists()
