@@ -144,6 +144,14 @@ def test_remove_stale_keeps_only_planned_shards(tmp_path):
     assert shards.is_complete(tmp_path, "c-00000", "f")
 
 
+def test_a_rewritten_shard_drops_a_table_it_no_longer_writes(tmp_path):
+    both = {"t": (SCHEMA, {"x": [1]}), "e": (SCHEMA, {"x": [2]})}
+    shards.write_shard(tmp_path, "c-00000", "with", both, {})
+    shards.write_shard(tmp_path, "c-00000", "without", {"t": (SCHEMA, {"x": [1]})}, {})
+    assert not (tmp_path / "e" / "part-c-00000.parquet").exists()
+    assert shards.is_complete(tmp_path, "c-00000", "without")
+
+
 def test_fingerprint_is_stable_and_sensitive():
     assert shards.fingerprint("v1", {"a": 1, "b": [2]}) == shards.fingerprint(
         "v1", {"b": [2], "a": 1}
