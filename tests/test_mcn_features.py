@@ -13,8 +13,8 @@ from stages.common import dataset
 from stages.common.errors import StageError
 from stages.mcn import shards
 from stages.mcn.audio_features import clip_window, log_mel
-from stages.mcn.corpus import Corpus, read_clip_table
-from stages.mcn.text_features import caption_matrix, tokenize
+from stages.mcn.corpus import Corpus, check_source, read_clip_table, tokenize
+from stages.mcn.text_features import caption_matrix
 from stages.mcn.video_pipeline import pool_clip
 
 
@@ -111,7 +111,7 @@ def test_clip_table_errors_name_row_and_field(tmp_path, rows, where):
     path = tmp_path / "clips.csv"
     path.write_text(rows)
     with pytest.raises(StageError, match=where.replace("[", r"\[").replace("]", r"\]")):
-        read_clip_table(Corpus("c", path, tmp_path))
+        read_clip_table(path)
 
 
 SCHEMA = dataset.SampleSchema("t", "test", (dataset.Column("x", pa.int64(), "x"),))
@@ -144,6 +144,14 @@ def test_remove_stale_keeps_only_planned_shards(tmp_path):
     assert shards.is_complete(tmp_path, "c-00000", "f")
 
 
+def test_a_rewritten_shard_drops_a_table_it_no_longer_writes(tmp_path):
+    both = {"t": (SCHEMA, {"x": [1]}), "e": (SCHEMA, {"x": [2]})}
+    shards.write_shard(tmp_path, "c-00000", "with", both, {})
+    shards.write_shard(tmp_path, "c-00000", "without", {"t": (SCHEMA, {"x": [1]})}, {})
+    assert not (tmp_path / "e" / "part-c-00000.parquet").exists()
+    assert shards.is_complete(tmp_path, "c-00000", "without")
+
+
 def test_fingerprint_is_stable_and_sensitive():
     assert shards.fingerprint("v1", {"a": 1, "b": [2]}) == shards.fingerprint(
         "v1", {"b": [2], "a": 1}
@@ -151,9 +159,31 @@ def test_fingerprint_is_stable_and_sensitive():
     assert shards.fingerprint("v1", 1) != shards.fingerprint("v1", 2)
 
 
-def test_code_digest_follows_the_code():
-    from stages.mcn import audio_features, text_features
-    from stages.mcn.corpus import code_digest
+def test_shard_fingerprints_digest_the_whole_import_closure():
+    """A change to the Parquet writer or the shard module must redo the shards it wrote."""
+    from stages.common.closure import ROOT, import_closure
 
-    assert code_digest(text_features) == code_digest(text_features)
-    assert code_digest(text_features) != code_digest(audio_features)
+    for stage in ("video_features", "audio_features", "text_features"):
+        files = {p.relative_to(ROOT).as_posix() for p in import_closure(f"stages.mcn.{stage}")}
+        assert {"stages/common/dataset.py", "stages/mcn/shards.py"} <= files
+        source = (ROOT / f"stages/mcn/{stage}.py").read_text()
+        assert f'code_digest("stages.mcn.{stage}")' in source
+
+
+def test_corpora_must_lie_inside_the_source_folder(tmp_path):
+    inside = Corpus("c", tmp_path / "raw/clips.csv", tmp_path / "raw/videos", 1000)
+    check_source(tmp_path / "raw", (inside,), "video_features")
+    outside = Corpus("c", tmp_path / "raw/clips.csv", tmp_path / "elsewhere", 1000)
+    with pytest.raises(StageError, match=r"c\.videos"):
+        check_source(tmp_path / "raw", (outside,), "video_features")
+
+
+def test_text_features_refuse_pickled_vectors(tmp_path):
+    from stages.mcn import text_features
+
+    (tmp_path / "vectors.kv").write_bytes(b"")
+    params = text_features.Params(
+        tmp_path, (), tmp_path / "vectors.kv", 1, tmp_path / "o", tmp_path / "m", tmp_path / "s"
+    )
+    with pytest.raises(StageError, match="expected word2vec vectors"):
+        text_features.prepare(params)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ import torch
 from stages.common import dataset
 from stages.common.params import load_section
 from stages.mcn import corpus as mcn_corpus
-from stages.mcn.text_features import tokenize
+from stages.mcn.corpus import tokenize
 
 pytestmark = pytest.mark.slow
 
@@ -23,22 +25,30 @@ STAGES = ("video_features", "audio_features", "text_features")
 PARAMS = """
 base: {seed: 5}
 mcn_sample:
-  train: {videos: 2, clips_per_video: 2}
-  eval_close: {videos: 1, clips_per_video: 1}
+  train: {videos: 2, clips_per_video: 2, no_audio: 0}
+  eval_close: {videos: 1, clips_per_video: 1, no_audio: 0}
   eval_shifted: {videos: 2, clips_per_video: 1, no_audio: 1}
   width: 64
   height: 48
+  fps: 10
   sample_rate: 16000
   min_clip_seconds: 1.0
   max_clip_seconds: 2.0
+  edge_cases: true
+  out: &sample data/mcn/sample
+  metrics: reports/mcn/sample.json
+  stats: reports/mcn/sample.stats.json
+  preview: reports/mcn/sample_preview.png
 video_features:
+  source: *sample
   corpora: &c
-    - {name: train, clips: data/mcn/sample/clips/train, videos: data/mcn/sample/videos/train,
-       audio_window: 300}
+    - {name: train, clips: &train data/mcn/sample/clips/train,
+       videos: data/mcn/sample/videos/train, audio_window: 300}
     - {name: eval_close, clips: data/mcn/sample/clips/eval_close,
        videos: data/mcn/sample/videos/eval_close, audio_window: 300}
     - {name: eval_shifted, clips: data/mcn/sample/clips/eval_shifted,
        videos: data/mcn/sample/videos/eval_shifted, audio_window: 200}
+  weights: null
   short_side: 64
   batch_size: 4
   chunk_seconds: 2
@@ -46,8 +56,34 @@ video_features:
   device: cpu
   threads: 2  # Dask workers run with OMP_NUM_THREADS=1: the stage must not depend on it
   videos_per_shard: 2
-audio_features: {corpora: *c, device: cpu, videos_per_shard: 2}
-text_features: {corpora: *c, videos_per_shard: 2, training: {epochs: 5}}
+  out: data/mcn/features/video
+  metrics: reports/mcn/video_features.json
+  stats: reports/mcn/video_features.stats.json
+audio_features:
+  source: *sample
+  corpora: *c
+  davenet_weights: null
+  device: cpu
+  batch_size: 32
+  threads: 2
+  videos_per_shard: 2
+  out: data/mcn/features/audio
+  metrics: reports/mcn/audio_features.json
+  stats: reports/mcn/audio_features.stats.json
+word2vec:
+  clips: *train
+  training: {vector_size: 300, epochs: 5, window: 5, min_count: 1, skip_gram: true, negative: 5}
+  out: &w2v models/word2vec.bin
+  metrics: reports/mcn/word2vec.json
+  stats: reports/mcn/word2vec.stats.json
+text_features:
+  source: *sample
+  corpora: *c
+  word2vec: *w2v
+  videos_per_shard: 2
+  out: data/mcn/features/text
+  metrics: reports/mcn/text_features.json
+  stats: reports/mcn/text_features.stats.json
 """
 
 
@@ -72,13 +108,15 @@ def digests(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A folder with the tiny corpus and the three stages run the DVC way."""
+    """A folder with the tiny corpus, its word2vec and the three stages run the DVC way."""
     from stages.mcn import sample as mcn_sample
+    from stages.mcn import word2vec
 
     root = tmp_path_factory.mktemp("mcn")
     with contextlib.chdir(root):
         Path("params.yaml").write_text(PARAMS)
         mcn_sample.main(load_section(mcn_sample.Params, "mcn_sample", Path("params.yaml")))
+        word2vec.main(load_section(word2vec.Params, "word2vec", Path("params.yaml")))
         stats = {stage: run(stage) for stage in STAGES}
     return root, stats
 
@@ -174,12 +212,95 @@ def test_the_flow_on_two_dask_workers_writes_the_dvc_paths_bytes(workspace, tmp_
 
     other = tmp_path / "flow"
     shutil.copytree(root / "data/mcn/sample", other / "data/mcn/sample")
+    shutil.copytree(root / "models", other / "models")
     (other / "params.yaml").write_text(PARAMS)
     # a temporary Prefect server of its own, stopped before pytest closes its output capture
     with contextlib.chdir(other), prefect_test_harness(server_startup_timeout=180):
         stats = features.run(list(STAGES), "params.yaml", workers=2)
     assert all(s["shards_skipped"] == 0 for s in stats.values())
     assert digests(other / "data/mcn/features") == digests(root / "data/mcn/features")
+
+
+def test_metrics_hold_results_and_a_rerun_changes_no_report(workspace):
+    root, _ = workspace
+    reports = root / "reports/mcn"
+    files = [p for p in reports.glob("*.json") if not p.name.endswith(".stats.json")]
+    metrics = {p.name: json.loads(p.read_text()) for p in files}
+    seconds = len(dataset.read_arrays(root / "data/mcn/features/video/seconds")["second"])
+    assert metrics["video_features.json"] == {
+        "videos": 7,
+        "seconds": seconds,
+        "clips": 9,
+        "failures": 2,
+    }
+    assert metrics["audio_features.json"] == {"videos": 7, "clips": 9, "failures": 2}
+    assert metrics["text_features.json"]["captions"] == 9
+    assert set(metrics["word2vec.json"]) == {"vocabulary", "dim", "captions", "tokens"}
+    assert metrics["sample.json"]["train"] == {"videos": 4, "clips": 6}
+    with contextlib.chdir(root):
+        for stage in STAGES:  # the default params again (an earlier test may have changed them)
+            run(stage)
+        before = digests(reports)
+        for stage in STAGES:
+            run(stage)
+    assert digests(reports) == before  # timings and skipped shards go to the run log only
+
+
+def test_word2vec_is_byte_identical_and_read_back_exactly(workspace, tmp_path):
+    from gensim.models import KeyedVectors
+
+    from stages.mcn import word2vec
+
+    root, _ = workspace
+    with contextlib.chdir(root):
+        p = load_section(word2vec.Params, "word2vec", Path("params.yaml"))
+        elsewhere = {"out": tmp_path / "w.bin", "metrics": tmp_path / "m", "stats": tmp_path / "s"}
+        word2vec.build(replace(p, **elsewhere))
+    assert (tmp_path / "w.bin").read_bytes() == (root / "models/word2vec.bin").read_bytes()
+    kv = KeyedVectors.load_word2vec_format(str(tmp_path / "w.bin"), binary=True)
+    words = dataset.read_arrays(root / "data/mcn/features/text/words")
+    row = int(np.argmax(words["n_words"]))
+    for k, word in enumerate(words["tokens"][row].split()):
+        np.testing.assert_array_equal(words["words"][row][k], kv[word])
+
+
+def test_a_copy_of_the_corpus_elsewhere_gives_the_same_features(workspace, tmp_path):
+    """Real data = params pointing at a dvc-added folder: here a copy of the stand-in."""
+    root, _ = workspace
+    raw = tmp_path / "raw/mcn"
+    shutil.copytree(root / "data/mcn/sample", raw)
+    text = PARAMS.replace("data/mcn/sample", str(raw))
+    for folder in ("data/", "reports/", "models/"):
+        text = text.replace(f" {folder}", f" {tmp_path}/{folder}")
+    assert str(root) not in text and " data/" not in text
+    (tmp_path / "params.yaml").write_text(text)
+    from stages.mcn import word2vec
+
+    word2vec.main(load_section(word2vec.Params, "word2vec", tmp_path / "params.yaml"))
+    for stage in STAGES:
+        module = importlib.import_module(f"stages.mcn.{stage}")
+        module.main(load_section(module.Params, stage, tmp_path / "params.yaml"))
+    assert (tmp_path / "models/word2vec.bin").read_bytes() == (
+        root / "models/word2vec.bin"
+    ).read_bytes()
+    for stage in ("video", "audio", "text"):
+        got, want = tmp_path / f"data/mcn/features/{stage}", root / f"data/mcn/features/{stage}"
+        tables = [t.name for t in want.iterdir() if t.name != "done"]
+        assert sorted(t.name for t in got.iterdir() if t.name != "done") == sorted(tables)
+        for table in tables:
+            a, b = dataset.read_arrays(got / table), dataset.read_arrays(want / table)
+            if "message" in a:  # a failure message names the file
+                a["message"] = np.array(
+                    [m.replace(str(raw), "data/mcn/sample") for m in a["message"]]
+                )
+            assert a.keys() == b.keys()
+            for column in b:
+                np.testing.assert_array_equal(a[column], b[column], err_msg=f"{stage}/{table}")
+            if stage != "text" and table != "failures":  # records name no path: same bytes
+                assert digests(got / table) == digests(want / table)
+    for name in ("video_features", "audio_features", "text_features", "word2vec"):
+        got = json.loads((tmp_path / f"reports/mcn/{name}.json").read_text())
+        assert got == json.loads((root / f"reports/mcn/{name}.json").read_text())
 
 
 def test_davenet_weights_give_embeddings_and_a_recorded_hash(workspace, tmp_path):
@@ -193,7 +314,8 @@ def test_davenet_weights_give_embeddings_and_a_recorded_hash(workspace, tmp_path
         p = type(p)(**{**p.__dict__, "davenet_weights": tmp_path / "davenet.pth"})
         stats = mcn_corpus.run_local(module, p, "audio_features")
     assert stats["shards_skipped"] == 0  # new weights: a new fingerprint for every shard
-    record = stats["record"]["davenet"]
+    record = json.loads((root / "reports/mcn/audio_features.stats.json").read_text())["record"]
+    record = record["davenet"]
     assert record["sha256"] == hashlib.sha256((tmp_path / "davenet.pth").read_bytes()).hexdigest()
     emb = dataset.read_arrays(root / "data/mcn/features/audio/embeddings")
     ok = emb["status"] == "ok"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,20 +29,26 @@ from stages.mcn.sample import (
 def small(**changes) -> Params:
     base = dict(
         seed=7,
-        train=CorpusSize(2, 2),
-        eval_close=CorpusSize(1, 1),
+        train=CorpusSize(2, 2, no_audio=0),
+        eval_close=CorpusSize(1, 1, no_audio=0),
         eval_shifted=CorpusSize(2, 1, no_audio=1),
         width=64,
         height=48,
         fps=10,
         sample_rate=16000,
+        min_clip_seconds=2.0,
+        max_clip_seconds=4.0,
         edge_cases=True,
+        out=Path("unused"),  # build_corpus writes to the folder it is given
+        metrics=Path("unused"),
+        stats=Path("unused"),
+        preview=Path("unused"),
     )
     return Params(**{**base, **changes})
 
 
 def test_clips_are_ordered_inside_the_video_and_captions_name_object_and_action():
-    p = small(train=CorpusSize(20, 3))
+    p = small(train=CorpusSize(20, 3, 0))
     for i in range(20):
         plan = plan_video(p.seed, "train", i, p.train, p)
         ends = [0.0] + [c.end for c in plan.clips]
@@ -54,7 +61,7 @@ def test_clips_are_ordered_inside_the_video_and_captions_name_object_and_action(
 
 
 def test_shifted_captions_paraphrase():
-    p = small(eval_shifted=CorpusSize(30, 1))
+    p = small(eval_shifted=CorpusSize(30, 1, 0))
     captions = [
         plan_video(p.seed, "eval_shifted", i, p.eval_shifted, p).clips[0].caption for i in range(30)
     ]

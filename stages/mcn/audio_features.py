@@ -29,21 +29,19 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from stages.common import dataset, media
-from stages.common.atomic import write_json
+from stages.common import dataset
 from stages.common.cli import run_stage
+from stages.common.closure import code_digest
 from stages.common.device import device_record, resolve_device
 from stages.common.errors import StageError
 from stages.common.media import MediaError, read_audio
 from stages.mcn import corpus as mcn_corpus
-from stages.mcn import davenet as davenet_module
 from stages.mcn import shards
 from stages.mcn.corpus import Corpus, Failures, Rows, Shard
 from stages.mcn.davenet import EMBED_DIM, load_davenet
 
 log = logging.getLogger(__name__)
 
-ROOT = mcn_corpus.FEATURES / "audio"
 VERSION = "audio_features/v1"
 SAMPLE_RATE = 16000
 N_FFT = 400  # 25 ms
@@ -57,12 +55,16 @@ TOP_DB = 80.0
 @dataclass(frozen=True)
 class Params:
     seed: int
+    source: Path  # the folder holding every clip table and video of `corpora` (a DVC dependency)
     corpora: tuple[Corpus, ...]
-    davenet_weights: Path | None = None  # ResDavenet state_dict; None = no embeddings written
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = 32  # windows per DaveNet forward pass
-    threads: int = 2  # torch CPU threads for DaveNet: fixed, since CPU bytes depend on it
-    videos_per_shard: int = 16
+    davenet_weights: Path | None  # ResDavenet state_dict; None = no embeddings written
+    device: Literal["auto", "cpu", "cuda"]
+    batch_size: int  # windows per DaveNet forward pass
+    threads: int  # torch CPU threads for DaveNet: fixed, since CPU bytes depend on it
+    videos_per_shard: int
+    out: Path
+    metrics: Path
+    stats: Path
 
 
 class Context(NamedTuple):
@@ -172,6 +174,7 @@ VIDEOS_SCHEMA = dataset.SampleSchema(
 def prepare(params: Params) -> Context:
     if params.batch_size < 1:
         raise StageError("params.yaml: audio_features.batch_size", "must be >= 1")
+    mcn_corpus.check_source(params.source, params.corpora, "audio_features")
     for corpus in params.corpora:
         if corpus.audio_window < 16:
             raise StageError(f"params.yaml: corpora: {corpus.name}.audio_window", "must be >= 16")
@@ -239,10 +242,10 @@ def shard_rows(shard: Shard) -> tuple[Rows, Rows, Failures]:
 def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
     window = shard.corpus.audio_window
-    code = mcn_corpus.code_digest(sys.modules[__name__], davenet_module, media)
+    code = code_digest("stages.mcn.audio_features")
     digest = shards.fingerprint(VERSION, code, window, context, shard.inputs())
-    if shards.is_complete(ROOT, shard.key, digest):
-        return {**shards.read_manifests(ROOT, [shard.key])[0], "skipped": True}
+    if shards.is_complete(params.out, shard.key, digest):
+        return {**shards.read_manifests(params.out, [shard.key])[0], "skipped": True}
     clips, videos, failures = shard_rows(shard)
     name = shard.corpus.name
     windows = windows_schema(window, context)
@@ -279,27 +282,30 @@ def run_shard(params: Params, context: Context, shard: Shard) -> dict:
             },
         )
     record = {**context._asdict(), "clips": len(clips), "failures_by_kind": failures.by_kind()}
-    return shards.write_shard(ROOT, shard.key, digest, tables, record)
+    return shards.write_shard(params.out, shard.key, digest, tables, record)
 
 
 def finalize(
     params: Params, context: Context, plan: list[Shard], manifests: list[dict], seconds: float
 ) -> dict:
-    removed = shards.remove_stale(ROOT, [s.key for s in plan])
-    stats = {
-        **mcn_corpus.summarise(manifests, removed),
-        **context._asdict(),
-        **device_record(context.device),
-        "seconds": round(seconds, 2),
+    """Remove shards of an older plan, write metrics and stats; returns the run's record."""
+    summary = mcn_corpus.summarise(manifests)
+    rows = summary["rows"]
+    metrics = {
+        "videos": rows.get("videos", 0),
+        "clips": sum(n for table, n in rows.items() if table.startswith("windows-")),
+        "failures": rows.get("failures", 0),
     }
-    write_json(mcn_corpus.REPORTS / "audio_features.json", stats)
-    return stats
+    stats = {**summary, **context._asdict(), **device_record(context.device)}
+    run = mcn_corpus.finish(params, plan, manifests, metrics, stats)
+    return {**summary, **run, "shard_seconds": round(seconds, 2)}
 
 
-def main(params: Params) -> None:
+def main(params: Params) -> dict:
     """Log-mel windows (and DaveNet embeddings with weights) for every clip of every corpus."""
-    stats = mcn_corpus.run_local(sys.modules[__name__], params, "audio_features")
-    log.info("%s rows, failures %s", stats["rows"], stats["failures_by_kind"])
+    run = mcn_corpus.run_local(sys.modules[__name__], params, "audio_features")
+    log.info("%s rows, failures %s", run["rows"], run["failures_by_kind"])
+    return run
 
 
 if __name__ == "__main__":

@@ -7,19 +7,21 @@ a shard carries its videos, their files and their clips, so a worker needs nothi
 A feature stage module provides `prepare(params) -> context`, `run_shard(params, context, shard)`
 and `finalize(params, context, shards, manifests, seconds)`. `run_local` (the DVC stage) and the
 Prefect flow (`flows/features.py`, over Dask) call exactly these, so both give the same files.
+`finalize` writes the stage's metrics and stats and returns the run's record (timings, shards
+skipped): what differs between two runs of the same work goes to the run log, never to a file.
+
+Every feature stage names the one folder its corpora read from (`source`, a DVC dependency), and
+`check_source` refuses a corpus outside it: DVC would not re-run the stage when that input changed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 import os
-import sys
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,14 +29,15 @@ import pandas as pd
 import pyarrow as pa
 
 from stages.common import dataset
+from stages.common.atomic import write_json
 from stages.common.errors import StageError
 from stages.common.hashing import file_digest
 from stages.common.progress import progress
+from stages.mcn import shards
 
 log = logging.getLogger(__name__)
 
-FEATURES = Path("data/mcn/features")
-REPORTS = Path("reports/mcn")
+TOKEN = re.compile(r"[\w']+")
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,7 @@ class Corpus:
     name: str
     clips: Path  # a sample dataset folder, a .parquet file or a .csv with video,start,end,caption
     videos: Path  # folder of <video>.<ext> files
-    audio_window: int = (
-        1000  # spectrogram frames per clip (10 ms each): MCN 1000 train, 5120/3072 eval
-    )
+    audio_window: int  # spectrogram frames per clip (10 ms each): MCN 1000 train, 5120/3072 eval
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,13 @@ class Shard:
         return [self.corpus.name, list(self.videos), sizes, [list(c) for c in self.clips]]
 
 
-def read_clip_table(corpus: Corpus) -> pd.DataFrame:
-    """The clip table, validated: every problem names the file, row and field."""
-    path = corpus.clips
+def tokenize(caption: str) -> list[str]:
+    """Words of a caption (regex `[\\w']+`, case kept): one rule for word2vec and the features."""
+    return TOKEN.findall(caption)
+
+
+def read_clip_table(path: Path) -> pd.DataFrame:
+    """The clip table at `path`, validated: every problem names the file, row and field."""
     if path.is_dir():
         table = pd.DataFrame(dataset.read_arrays(path, ["video", "start", "end", "caption"]))
     elif path.suffix == ".csv" and path.is_file():
@@ -122,7 +127,7 @@ def plan(corpora: tuple[Corpus, ...], videos_per_shard: int) -> list[Shard]:
         raise StageError("params.yaml: corpora", f"names must be unique and alphanumeric: {names}")
     shards = []
     for corpus in corpora:
-        table = read_clip_table(corpus).sort_values(["video", "start", "end"], kind="stable")
+        table = read_clip_table(corpus.clips).sort_values(["video", "start", "end"], kind="stable")
         files = video_files(corpus.videos)
         grouped = {
             video: tuple(
@@ -146,16 +151,18 @@ def plan(corpora: tuple[Corpus, ...], videos_per_shard: int) -> list[Shard]:
     return shards
 
 
-def code_digest(*modules: ModuleType) -> str:
-    """sha256 over the source files of `modules` (and this one): part of every shard fingerprint.
-
-    DVC re-runs a stage when its code changes; without this the re-run would skip every shard
-    whose inputs are unchanged and keep outputs of the old code.
-    """
-    digest = hashlib.sha256()
-    for module in (*modules, sys.modules[__name__]):
-        digest.update(Path(inspect.getfile(module)).read_bytes())
-    return digest.hexdigest()
+def check_source(source: Path, corpora: tuple[Corpus, ...], section: str) -> None:
+    """Every clip table and videos folder must lie inside `source`, the stage's DVC dependency."""
+    root = source.resolve()
+    for corpus in corpora:
+        for field in ("clips", "videos"):
+            path = getattr(corpus, field)
+            if not path.resolve().is_relative_to(root):
+                raise StageError(
+                    f"params.yaml: {section}.corpora: {corpus.name}.{field}",
+                    f"{path} is outside {section}.source ({source}), so dvc.yaml would not "
+                    "re-run the stage when it changes: point source at a folder holding it",
+                )
 
 
 def weights_record(path: Path | None, seed: int) -> dict[str, Any]:
@@ -230,18 +237,21 @@ class FeatureStage(Protocol):
 
 
 def run_local(stage: FeatureStage, params: Any, name: str) -> dict:
-    """The DVC stage's driver: plan, run each shard (complete ones are skipped), finalize."""
+    """The DVC stage's driver: plan, run each shard (complete ones are skipped), finalize.
+
+    Returns the run record of `finalize` (for the run log).
+    """
     context = stage.prepare(params)
-    shards = plan(params.corpora, params.videos_per_shard)
+    planned = plan(params.corpora, params.videos_per_shard)
     started = time.perf_counter()
     manifests = [
-        stage.run_shard(params, context, s) for s in progress(shards, desc=name, unit="shard")
+        stage.run_shard(params, context, s) for s in progress(planned, desc=name, unit="shard")
     ]
-    return stage.finalize(params, context, shards, manifests, time.perf_counter() - started)
+    return stage.finalize(params, context, planned, manifests, time.perf_counter() - started)
 
 
-def summarise(manifests: list[dict], removed: list[str]) -> dict:
-    """Totals over shard manifests: rows per table, failures by kind, shards skipped."""
+def summarise(manifests: list[dict]) -> dict:
+    """Totals over shard manifests: rows per table and failures by kind (the same every run)."""
     rows: dict[str, int] = {}
     for m in manifests:
         for table, info in m["tables"].items():
@@ -252,8 +262,24 @@ def summarise(manifests: list[dict], removed: list[str]) -> dict:
             kinds[kind] = kinds.get(kind, 0) + n
     return {
         "shards": len(manifests),
-        "shards_skipped": sum(bool(m.get("skipped")) for m in manifests),
         "rows": rows,
         "failures_by_kind": dict(sorted(kinds.items())),
+    }
+
+
+def finish(
+    params: Any, planned: list[Shard], manifests: list[dict], metrics: dict, stats: dict
+) -> dict:
+    """Remove shards of an older plan and write metrics and stats; returns the run's record.
+
+    The record (shards skipped, stale files removed) differs between two runs of the same work,
+    so it goes to the run log only.
+    """
+    removed = shards.remove_stale(params.out, [s.key for s in planned])
+    write_json(params.metrics, metrics)
+    write_json(params.stats, stats)
+    return {
+        "shards": len(manifests),
+        "shards_skipped": sum(bool(m.get("skipped")) for m in manifests),
         "stale_files_removed": len(removed),
     }

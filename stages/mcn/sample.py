@@ -36,8 +36,6 @@ from stages.common.seeding import rng
 
 log = logging.getLogger(__name__)
 
-OUT = Path("data/mcn/sample")
-REPORTS = Path("reports/mcn")
 CORPORA = ("train", "eval_close", "eval_shifted")
 
 
@@ -139,7 +137,7 @@ SHIFTED_COLOURS = {
 class CorpusSize:
     videos: int
     clips_per_video: int
-    no_audio: int = 0  # videos written without an audio stream (MSR-VTT lacks audio for some)
+    no_audio: int  # videos written without an audio stream (MSR-VTT lacks audio for some)
 
 
 @dataclass(frozen=True)
@@ -148,13 +146,17 @@ class Params:
     train: CorpusSize
     eval_close: CorpusSize
     eval_shifted: CorpusSize
-    width: int = 128
-    height: int = 128
-    fps: int = 10
-    sample_rate: int = 22050  # written stereo at this rate; the audio stage resamples to 16 kHz
-    min_clip_seconds: float = 2.0
-    max_clip_seconds: float = 4.0
-    edge_cases: bool = True  # add a 0.6 s video and a corrupt file to `train`
+    width: int
+    height: int
+    fps: int
+    sample_rate: int  # written stereo at this rate; the audio stage resamples to 16 kHz
+    min_clip_seconds: float
+    max_clip_seconds: float
+    edge_cases: bool  # add a 0.6 s video and a corrupt file to `train`
+    out: Path
+    metrics: Path
+    stats: Path
+    preview: Path
 
 
 class Clip(NamedTuple):
@@ -451,18 +453,27 @@ def preview(p: Params, path: Path) -> None:
     save_grid(path, np.stack(rows))
 
 
-def main(params: Params) -> None:
-    """Synthesise the narrated stand-in corpus (videos with audio, clip tables) for MCN."""
+def build(params: Params) -> dict:
+    """Write the corpus to `params.out`, the preview, metrics and stats; returns the metrics."""
     validate(params)
     stats = {}
-    with atomic_dir(OUT) as tmp:
+    with atomic_dir(params.out) as tmp:
         for corpus in CORPORA:
             stats[corpus] = build_corpus(params, corpus, tmp)
+    # metrics: the counts that define the data; the rest describes it
+    metrics = {c: {k: stats[c].pop(k) for k in ("videos", "clips")} for c in CORPORA}
     stats["objects"] = [o.name for o in OBJECTS]
     stats["actions"] = [a.name for a in ACTIONS]
-    preview(params, REPORTS / "sample_preview.png")
-    write_json(REPORTS / "sample.json", stats)
-    log.info("%s", {c: (stats[c]["videos"], stats[c]["clips"]) for c in CORPORA})
+    preview(params, params.preview)
+    write_json(params.metrics, metrics)
+    write_json(params.stats, stats)
+    return metrics
+
+
+def main(params: Params) -> None:
+    """Synthesise the narrated stand-in corpus (videos with audio, clip tables) for MCN."""
+    metrics = build(params)
+    log.info("videos, clips: %s", {c: tuple(m.values()) for c, m in metrics.items()})
 
 
 if __name__ == "__main__":

@@ -63,6 +63,10 @@ def write_shard(
 ) -> dict:
     """Write a shard's tables (schema, columns) and then its manifest; returns the manifest."""
     manifest_path(root, key).unlink(missing_ok=True)  # never a manifest over half-new files
+    if root.is_dir():  # a table this shard no longer writes (e.g. embeddings without weights)
+        for folder in root.iterdir():
+            if folder.is_dir() and folder.name not in tables and folder.name != DONE:
+                table_path(root, folder.name, key).unlink(missing_ok=True)
     written = {}
     for table, (schema, columns) in tables.items():
         path = table_path(root, table, key)

@@ -4,20 +4,16 @@ Tokens: regex `[\\w']+`, case kept; words not in the vocabulary dropped; the fir
 zero-padded. A caption with no known word gets zeros and a warning row in the failures table
 (the documented fallback; MCN's loader does the same silently).
 
-Vectors: a word2vec file from `word2vec` in params (GoogleNews `.bin`, the word2vec text format,
-or a gensim `KeyedVectors.save` file), else vectors trained with gensim's Word2Vec on the captions
-of the `train_corpus` (seeded, one worker thread: deterministic), saved beside the features in
-word2vec binary format and recorded by sha256.
+Vectors: the word2vec file `word2vec` in params, binary (`.bin`, `.bin.gz`: GoogleNews' format,
+and the `word2vec` stage's) or text (`.txt`, `.vec`), recorded by path and sha256. gensim's pickled
+`.save` files are refused: loading one can run code.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import re
 import sys
-import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,45 +22,30 @@ import numpy as np
 import pyarrow as pa
 
 from stages.common import dataset
-from stages.common.atomic import write_json
 from stages.common.cli import run_stage
+from stages.common.closure import code_digest
 from stages.common.errors import StageError
 from stages.common.hashing import file_digest
 from stages.mcn import corpus as mcn_corpus
 from stages.mcn import shards
-from stages.mcn.corpus import Corpus, Failures, Rows, Shard
+from stages.mcn.corpus import Corpus, Failures, Rows, Shard, tokenize
 
 log = logging.getLogger(__name__)
 
-ROOT = mcn_corpus.FEATURES / "text"
-TRAINED = ROOT / "word2vec.bin"
 VERSION = "text_features/v1"
-TOKEN = re.compile(r"[\w']+")
 MAX_WORDS = 20
-DIM = 300
-
-
-@dataclass(frozen=True)
-class Training:
-    """gensim Word2Vec settings for vectors trained on the corpus captions."""
-
-    epochs: int = 50
-    window: int = 5
-    min_count: int = 1
-    skip_gram: bool = True
-    negative: int = 5
+BINARY, TEXT = (".bin", ".bin.gz"), (".txt", ".txt.gz", ".vec")  # word2vec's two formats
 
 
 @dataclass(frozen=True)
 class Params:
-    seed: int
+    source: Path  # the folder holding every clip table of `corpora` (a DVC dependency)
     corpora: tuple[Corpus, ...]
-    word2vec: Path | None = (
-        None  # e.g. GoogleNews-vectors-negative300.bin; None = train on captions
-    )
-    train_corpus: str = "train"  # whose captions train the vectors (never the evaluation sets)
-    training: Training = Training()
-    videos_per_shard: int = 16
+    word2vec: Path  # word2vec-format vectors: the word2vec stage's, or GoogleNews' .bin
+    videos_per_shard: int
+    out: Path
+    metrics: Path
+    stats: Path
 
 
 class Context(NamedTuple):
@@ -73,10 +54,6 @@ class Context(NamedTuple):
 
 
 # --- pure functions -------------------------------------------------------------------------------
-
-
-def tokenize(caption: str) -> list[str]:
-    return TOKEN.findall(caption)
 
 
 def caption_matrix(
@@ -90,44 +67,12 @@ def caption_matrix(
     return out, words
 
 
-def _crc_hash(text: str) -> int:
-    """gensim's per-word seeding hash; Python's hash() changes with PYTHONHASHSEED."""
-    return zlib.crc32(text.encode())
-
-
-def train_vectors(captions: list[str], seed: int, cfg: Training):
-    """Word2Vec (300-d) on tokenised captions; one worker thread, so the result is reproducible."""
-    from gensim.models import Word2Vec
-
-    sentences = [tokenize(c) for c in captions if tokenize(c)]
-    if not sentences:
-        raise StageError("params.yaml: text_features.train_corpus", "no caption has any word")
-    model = Word2Vec(
-        sentences,
-        vector_size=DIM,
-        window=cfg.window,
-        min_count=cfg.min_count,
-        sg=int(cfg.skip_gram),
-        negative=cfg.negative,
-        epochs=cfg.epochs,
-        seed=seed,
-        workers=1,
-        hashfxn=_crc_hash,
-    )
-    return model.wv
-
-
 @functools.lru_cache(maxsize=1)
 def load_vectors(path: str) -> tuple[dict[str, int], np.ndarray]:
     from gensim.models import KeyedVectors
 
     try:
-        if path.endswith((".bin", ".bin.gz")):
-            kv = KeyedVectors.load_word2vec_format(path, binary=True)
-        elif path.endswith((".txt", ".txt.gz", ".vec")):
-            kv = KeyedVectors.load_word2vec_format(path, binary=False)
-        else:
-            kv = KeyedVectors.load(path)
+        kv = KeyedVectors.load_word2vec_format(path, binary=path.endswith(BINARY))
     except (OSError, ValueError, EOFError) as exc:
         raise StageError(path, f"cannot read word vectors ({exc})") from None
     return dict(kv.key_to_index), np.asarray(kv.vectors, np.float32)
@@ -153,41 +98,22 @@ def schema(dim: int, record: dict) -> dataset.SampleSchema:
 
 
 def prepare(params: Params) -> Context:
-    if params.word2vec is not None:
-        if not params.word2vec.is_file():
-            raise StageError(params.word2vec, "word2vec file not found")
-        return Context(
-            mcn_corpus.weights_record(params.word2vec, params.seed), str(params.word2vec)
-        )
-    corpora = {c.name: c for c in params.corpora}
-    if params.train_corpus not in corpora:
-        raise StageError(
-            "params.yaml: text_features.train_corpus",
-            f"no corpus named {params.train_corpus!r} (have {sorted(corpora)})",
-        )
-    captions = mcn_corpus.read_clip_table(corpora[params.train_corpus])["caption"].tolist()
-    kv = train_vectors(captions, params.seed, params.training)
-    TRAINED.parent.mkdir(parents=True, exist_ok=True)
-    tmp = TRAINED.with_name(f".{TRAINED.name}.{os.getpid()}.tmp")  # gensim writes to a path
-    kv.save_word2vec_format(str(tmp), binary=True)
-    os.replace(tmp, TRAINED)
-    record = {
-        "weights": f"word2vec trained on {len(captions)} captions of {params.train_corpus}, "
-        f"random seed {params.seed}",
-        "path": str(TRAINED),
-        "sha256": file_digest(TRAINED),
-        "vocabulary": len(kv),
-    }
-    return Context(record, str(TRAINED))
+    mcn_corpus.check_source(params.source, params.corpora, "text_features")
+    if not params.word2vec.name.endswith(BINARY + TEXT):
+        raise StageError(params.word2vec, f"expected word2vec vectors: {', '.join(BINARY + TEXT)}")
+    if not params.word2vec.is_file():
+        raise StageError(params.word2vec, "word2vec file not found (`dvc repro word2vec` makes it)")
+    record = {"weights": str(params.word2vec), "sha256": file_digest(params.word2vec)}
+    return Context(record, str(params.word2vec))
 
 
 def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
     corpus, videos, _, clips = shard.inputs()  # captions do not depend on the video files
-    code = mcn_corpus.code_digest(sys.modules[__name__])
+    code = code_digest("stages.mcn.text_features")
     digest = shards.fingerprint(VERSION, code, context.record, [corpus, videos, clips])
-    if shards.is_complete(ROOT, shard.key, digest):
-        return {**shards.read_manifests(ROOT, [shard.key])[0], "skipped": True}
+    if shards.is_complete(params.out, shard.key, digest):
+        return {**shards.read_manifests(params.out, [shard.key])[0], "skipped": True}
     vocab, vectors = load_vectors(context.vectors)
     rows = Rows("video", "clip", "caption", "tokens", "n_words", "words")
     failures = Failures()
@@ -214,26 +140,25 @@ def run_shard(params: Params, context: Context, shard: Shard) -> dict:
         "captions": len(rows),
         "failures_by_kind": failures.by_kind(),
     }
-    return shards.write_shard(ROOT, shard.key, digest, tables, record)
+    return shards.write_shard(params.out, shard.key, digest, tables, record)
 
 
 def finalize(
     params: Params, context: Context, plan: list[Shard], manifests: list[dict], seconds: float
 ) -> dict:
-    removed = shards.remove_stale(ROOT, [s.key for s in plan])
-    stats = {
-        **mcn_corpus.summarise(manifests, removed),
-        "record": context.record,
-        "seconds": round(seconds, 2),
-    }
-    write_json(mcn_corpus.REPORTS / "text_features.json", stats)
-    return stats
+    """Remove shards of an older plan, write metrics and stats; returns the run's record."""
+    summary = mcn_corpus.summarise(manifests)
+    rows = summary["rows"]
+    metrics = {"captions": rows.get("words", 0), "failures": rows.get("failures", 0)}
+    run = mcn_corpus.finish(params, plan, manifests, metrics, {**summary, "record": context.record})
+    return {**summary, **run, "shard_seconds": round(seconds, 2)}
 
 
-def main(params: Params) -> None:
+def main(params: Params) -> dict:
     """word2vec (20 x 300) features of every clip caption of every corpus."""
-    stats = mcn_corpus.run_local(sys.modules[__name__], params, "text_features")
-    log.info("%s rows, failures %s", stats["rows"], stats["failures_by_kind"])
+    run = mcn_corpus.run_local(sys.modules[__name__], params, "text_features")
+    log.info("%s rows, failures %s", run["rows"], run["failures_by_kind"])
+    return run
 
 
 if __name__ == "__main__":

@@ -23,35 +23,38 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from stages.common import dataset, media
-from stages.common.atomic import write_json
+from stages.common import dataset
 from stages.common.cli import run_stage
+from stages.common.closure import code_digest
 from stages.common.device import device_record, resolve_device
 from stages.common.errors import StageError
 from stages.mcn import corpus as mcn_corpus
-from stages.mcn import resnet, shards, video_pipeline
+from stages.mcn import shards
 from stages.mcn.corpus import Corpus, Failures, Rows, Shard
 from stages.mcn.resnet import FEATURE_DIM, load_resnet152
 from stages.mcn.video_pipeline import Extracted, FrameModel, extract, pool_clip
 
 log = logging.getLogger(__name__)
 
-ROOT = mcn_corpus.FEATURES / "video"
 VERSION = "video_features/v1"
 
 
 @dataclass(frozen=True)
 class Params:
     seed: int
+    source: Path  # the folder holding every clip table and video of `corpora` (a DVC dependency)
     corpora: tuple[Corpus, ...]
-    weights: Path | None = None  # torchvision resnet152 state_dict (.pth); None = seeded random
-    short_side: int = 224
-    batch_size: int = 8  # frames per forward pass (tails zero-padded); GPU: 256
-    chunk_seconds: int = 32  # frames a decode worker holds at once: bounds its memory
-    decode_workers: int = 0  # DataLoader worker processes; 0 = decode in the main process
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 2  # torch CPU threads per process: fixed, since CPU bytes depend on it
-    videos_per_shard: int = 16
+    weights: Path | None  # torchvision resnet152 state_dict (.pth); None = seeded random
+    short_side: int
+    batch_size: int  # frames per forward pass (tails zero-padded); GPU: 256
+    chunk_seconds: int  # frames a decode worker holds at once: bounds its memory
+    decode_workers: int  # DataLoader worker processes; 0 = decode in the main process
+    device: Literal["auto", "cpu", "cuda"]
+    threads: int  # torch CPU threads per process: fixed, since CPU bytes depend on it
+    videos_per_shard: int
+    out: Path
+    metrics: Path
+    stats: Path
 
 
 class Context(NamedTuple):
@@ -107,6 +110,7 @@ def prepare(params: Params) -> Context:
     for name in ("short_side", "batch_size", "chunk_seconds", "threads"):
         if getattr(params, name) < 1:
             raise StageError(f"params.yaml: video_features.{name}", "must be >= 1")
+    mcn_corpus.check_source(params.source, params.corpora, "video_features")
     device = resolve_device(params.device, "video_features.device")
     record = mcn_corpus.weights_record(params.weights, params.seed)
     return Context(record, device, "bf16 autocast" if device == "cuda" else "fp32")
@@ -166,11 +170,11 @@ def shard_tables(shard: Shard, got: Extracted) -> tuple[Rows, Rows, Rows, Failur
 
 def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
-    code = mcn_corpus.code_digest(sys.modules[__name__], video_pipeline, resnet, media)
+    code = code_digest("stages.mcn.video_features")
     threads = params.threads if context.device == "cpu" else None  # CPU sums depend on it
     digest = shards.fingerprint(VERSION, code, params.short_side, threads, context, shard.inputs())
-    if shards.is_complete(ROOT, shard.key, digest):
-        return {**shards.read_manifests(ROOT, [shard.key])[0], "skipped": True}
+    if shards.is_complete(params.out, shard.key, digest):
+        return {**shards.read_manifests(params.out, [shard.key])[0], "skipped": True}
     model = frame_model(params.weights, params.seed, context.device, params.threads)
     got = extract(
         shard.files,
@@ -192,40 +196,41 @@ def run_shard(params: Params, context: Context, shard: Shard) -> dict:
         )
     }
     record = {**context._asdict(), "frames": len(seconds), "failures_by_kind": failures.by_kind()}
-    return shards.write_shard(ROOT, shard.key, digest, tables, record)
+    return shards.write_shard(params.out, shard.key, digest, tables, record)
 
 
 def finalize(
     params: Params, context: Context, plan: list[Shard], manifests: list[dict], seconds: float
 ) -> dict:
-    """Remove shards of an older plan and write the stage's metrics."""
-    removed = shards.remove_stale(ROOT, [s.key for s in plan])
+    """Remove shards of an older plan, write metrics and stats; returns the run's record."""
+    summary = mcn_corpus.summarise(manifests)
+    rows = summary["rows"]
+    metrics = {table: rows.get(table, 0) for table in ("videos", "seconds", "clips", "failures")}
+    stats = {**summary, **context._asdict(), **device_record(context.device)}
+    run = mcn_corpus.finish(params, plan, manifests, metrics, stats)
     frames = sum(m["frames"] for m in manifests if not m.get("skipped"))
-    stats = {
-        **mcn_corpus.summarise(manifests, removed),
-        **context._asdict(),
-        **device_record(context.device),
-        "short_side": params.short_side,
-        "batch_size": params.batch_size,
+    return {
+        **summary,
+        **run,
+        "device": context.device,
         "decode_workers": params.decode_workers,
         "frames_computed": frames,
-        "seconds": round(seconds, 2),
+        "shard_seconds": round(seconds, 2),
         "frames_per_second": round(frames / seconds, 2) if seconds > 0 and frames else None,
     }
-    write_json(mcn_corpus.REPORTS / "video_features.json", stats)
-    return stats
 
 
-def main(params: Params) -> None:
+def main(params: Params) -> dict:
     """ResNet-152 features at 1 fps of every corpus video, per second and pooled per clip."""
-    stats = mcn_corpus.run_local(sys.modules[__name__], params, "video_features")
+    run = mcn_corpus.run_local(sys.modules[__name__], params, "video_features")
     log.info(
         "%d frames, %s failures, %.1f frames/s on %s",
-        stats["frames_computed"],
-        stats["failures_by_kind"],
-        stats["frames_per_second"] or 0,
-        stats["device"],
+        run["frames_computed"],
+        run["failures_by_kind"],
+        run["frames_per_second"] or 0,
+        run["device"],
     )
+    return run
 
 
 if __name__ == "__main__":
