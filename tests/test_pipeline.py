@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import re
 from pathlib import Path
 
@@ -147,3 +148,35 @@ def test_no_module_holds_a_data_or_reports_path():
         for number, line in enumerate(path.read_text().splitlines(), 1):
             code = line.split("#")[0]
             assert not literal.search(code), f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+
+
+def numbers(obj: object) -> int:
+    if isinstance(obj, dict):
+        return sum(numbers(v) for v in obj.values())
+    if isinstance(obj, list):
+        return sum(numbers(v) for v in obj)
+    return int(isinstance(obj, int | float) and not isinstance(obj, bool))
+
+
+def declared_metrics() -> list[str]:
+    return sorted(path for stage in PIPELINE.values() for path in entries(stage, "metrics"))
+
+
+@pytest.mark.parametrize("path", declared_metrics())
+def test_metrics_files_hold_a_few_results_and_no_timings(path):
+    """`dvc metrics show` stays one short row per stage; timings live in logs/, never in Git."""
+    metrics = json.loads((REPO / path).read_text())
+    assert 0 < numbers(metrics) <= 8, f"{path}: {numbers(metrics)} numbers; move stats beside it"
+    flat = json.dumps(metrics)
+    timing = re.search(r'"(seconds|\w*_per_second|elapsed\w*|wall\w*|workers)"', flat)
+    assert not timing, f"{path} holds a timing, {timing and timing.group(1)}: the run log's job"
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINE))
+def test_stats_are_outputs_beside_the_metrics_not_metrics(name):
+    stage = PIPELINE[name]
+    for path in entries(stage, "metrics"):
+        assert not path.endswith(".stats.json"), f"{name}: {path} is descriptive, not a metric"
+    for path, options in entries(stage, "outs").items():
+        if path.endswith(".stats.json"):
+            assert options.get("cache") is False, f"{name}: {path} belongs in Git (cache: false)"
