@@ -229,7 +229,7 @@ def test_metrics_hold_results_and_a_rerun_changes_no_report(workspace):
     seconds = len(dataset.read_arrays(root / "data/mcn/features/video/seconds")["second"])
     assert metrics["video_features.json"] == {
         "videos": 7,
-        "seconds": seconds,
+        "frame_features": seconds,
         "clips": 9,
         "failures": 2,
     }

@@ -205,7 +205,13 @@ def finalize(
     """Remove shards of an older plan, write metrics and stats; returns the run's record."""
     summary = mcn_corpus.summarise(manifests)
     rows = summary["rows"]
-    metrics = {table: rows.get(table, 0) for table in ("videos", "seconds", "clips", "failures")}
+    # `seconds` is the table of per-second features: its row count is a frame count, not a time.
+    metrics = {
+        "videos": rows.get("videos", 0),
+        "frame_features": rows.get("seconds", 0),
+        "clips": rows.get("clips", 0),
+        "failures": rows.get("failures", 0),
+    }
     stats = {**summary, **context._asdict(), **device_record(context.device)}
     run = mcn_corpus.finish(params, plan, manifests, metrics, stats)
     frames = sum(m["frames"] for m in manifests if not m.get("skipped"))
