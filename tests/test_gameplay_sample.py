@@ -137,7 +137,7 @@ def test_chance_features_do_not_separate_the_kinds(rendered_events):
 
 
 @pytest.mark.slow
-def test_build_writes_decodable_recordings_byte_identical_per_seed(tmp_path):
+def test_build_writes_decodable_recordings_byte_identical_per_seed(tmp_path, busy_cpu):
     small = dict(seed=5, recordings=2, length=18.0, event_count=6)
     stats = gs.build(sample_params(tmp_path / "a", **small, workers=1))
     gs.build(sample_params(tmp_path / "b", **small, workers=2))

@@ -177,7 +177,7 @@ def test_metrics_are_a_few_numbers_and_timings_are_not_in_them(built: Path):
 
 
 @pytest.mark.slow
-def test_same_params_give_identical_bytes(built: Path, tmp_path: Path):
+def test_same_params_give_identical_bytes(built: Path, tmp_path: Path, busy_cpu):
     build(tmp_path)
     for out in ("corpus", "lip", "mcep", "pairs"):
         assert digests(tmp_path / out) == digests(built / out)

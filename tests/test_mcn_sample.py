@@ -129,7 +129,7 @@ def corpus_digest(root) -> dict[str, str]:
     }
 
 
-def test_corpus_is_byte_identical_per_seed_and_tables_are_consistent(tmp_path):
+def test_corpus_is_byte_identical_per_seed_and_tables_are_consistent(tmp_path, busy_cpu):
     p = small()
     build_corpus(p, "train", tmp_path / "a")
     stats = build_corpus(p, "train", tmp_path / "b")

@@ -22,6 +22,7 @@ from media_samples import (
     write_pattern,
 )
 
+from stages.common import media
 from stages.common.errors import StageError
 from stages.common.media import (
     AudioReader,
@@ -37,7 +38,6 @@ from stages.common.media import (
     second_indices,
     write_media,
 )
-from stages.mcn.sample import write_mp4
 
 CLICKS = (1.5, 3.25)
 
@@ -188,6 +188,40 @@ def test_write_media_is_deterministic(tmp_path):
     assert digests[0] == digests[1]
 
 
+# libavutil/cpu.h: what FFmpeg would use on an AVX2 machine, and on one with SSE2 only.
+AVX2_CPU = 0x1 | 0x2 | 0x8 | 0x10 | 0x1000 | 0x20 | 0x40 | 0x80 | 0x100 | 0x4000 | 0x8000
+SSE2_CPU = 0x1 | 0x2 | 0x8 | 0x10 | 0x1000
+
+
+@pytest.mark.parametrize("width", [64, 144])  # not multiples of 128: x264's AVX-512 bug (below)
+def test_write_media_bytes_depend_on_nothing_but_the_input(tmp_path, busy_cpu, width):
+    """Same bytes on every call, under load, and whatever SIMD kernels FFmpeg would pick.
+
+    x264's AVX-512 mbtree kernel read past the end of a row of frames whose width is not a
+    multiple of 128 px, so the bytes changed between calls on AVX-512 CPUs (6 outputs in 40
+    calls); its other SIMD kernels are not bit-exact with each other either, and FFmpeg's AAC
+    encoder gives other bits with AVX2, AVX or SSE kernels. write_media runs x264 without assembly
+    and holds FFmpeg to x86-64's baseline kernels while encoding.
+    """
+    frames = [pattern_frame(i, width, 48) for i in range(12)]
+    stereo = np.stack([np.sin(np.linspace(0, k, 12000)) for k in (300, 500)]).astype(np.float32)
+    libavutil = media._libavutil()
+    emulated = [None] if libavutil is None else [None, AVX2_CPU, SSE2_CPU]
+    digests = set()
+    for flags in emulated:
+        for attempt in range(4):
+            if flags is not None:
+                libavutil.av_force_cpu_flags(flags)
+            try:
+                path = tmp_path / f"{flags}-{attempt}.mp4"
+                write_media(path, iter(frames), 30, stereo, 24000, preset="veryfast")
+            finally:
+                if libavutil is not None:
+                    libavutil.av_force_cpu_flags(-1)
+            digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+
+
 # --- broken files ------------------------------------------------------------------------------
 
 
@@ -274,9 +308,8 @@ def one_fps_clip(tmp_path_factory):
     frames = np.repeat((np.arange(55) // 10 * 40).astype(np.uint8), 64 * 96 * 3)
     t = np.arange(int(5.5 * 22050)) / 22050
     tone = 0.3 * np.sin(2 * np.pi * 1000 * t)
-    write_mp4(
-        path, frames.reshape(55, 64, 96, 3), np.stack([tone, tone]).astype(np.float32), 10, 22050
-    )
+    stereo = np.stack([tone, tone]).astype(np.float32)
+    write_media(path, frames.reshape(55, 64, 96, 3), 10, stereo, 22050, gop=250)
     return path
 
 
@@ -320,7 +353,7 @@ def test_unreadable_missing_and_silent_files_raise_classified_media_errors(tmp_p
         probe_frames(tmp_path / "gone.mp4")
     assert err.value.kind == "missing"
     silent = tmp_path / "silent.mp4"
-    write_mp4(silent, np.zeros((10, 32, 32, 3), np.uint8), None, 10, 22050)
+    write_media(silent, np.zeros((10, 32, 32, 3), np.uint8), 10)
     with pytest.raises(MediaError) as err:
         read_audio(silent, 16000)
     assert err.value.kind == "no_audio"

@@ -129,7 +129,7 @@ def test_dataset_labels_splits_and_ids(tmp_path, idx_pair):
     assert data["positions"].shape == (320, 20, 2)
 
 
-def test_same_seed_same_bytes_whatever_the_worker_count(tmp_path, idx_pair):
+def test_same_seed_same_bytes_whatever_the_worker_count(tmp_path, idx_pair, busy_cpu):
     mm.build(small(idx_pair), tmp_path / "a")
     mm.build(small(idx_pair, workers=1), tmp_path / "b")
     mm.build(small(idx_pair, seed=4), tmp_path / "c")

@@ -3,8 +3,9 @@
 DVC re-runs a stage when one of its `deps` changes, so a stage's `deps` must list exactly this
 closure (a test checks every stage in dvc.yaml), and anything that caches work by a code digest
 (MCN shards, training resume state) digests the same files, so no edit can hide behind a stale
-digest. Imports are read with `ast`, not executed: a function-level import counts too. Package
-`__init__.py` files hold only a docstring (a test checks), so they are not part of any closure.
+digest. Imports are read with `ast`, not executed: a function-level import counts too. Importing
+`stages.a.b` runs `stages/__init__.py` and `stages/a/__init__.py` first, so those (and what they
+import: the CPU kernel pins) are part of every closure.
 
     python -m stages.common.closure stages.mcn.video_features   # the deps lines for dvc.yaml
 """
@@ -42,18 +43,28 @@ def imported_modules(path: Path) -> set[str]:
     return found
 
 
+def files_run_by_import(module: str, root: Path = ROOT) -> list[Path]:
+    """The `__init__.py` of each enclosing package, then the module's own file (if it is one)."""
+    parts = module.split(".")
+    inits = [root.joinpath(*parts[:i], "__init__.py") for i in range(1, len(parts) + 1)]
+    own = module_file(module, root)
+    return [p for p in inits if p.is_file()] + ([own] if own else [])
+
+
 def import_closure(module: str, root: Path = ROOT) -> list[Path]:
-    """Every project file that importing `module` reads, itself first, the rest sorted."""
+    """Every project file that importing `module` reads, its own file first, the rest sorted."""
     first = module_file(module, root)
     if first is None:
         raise ValueError(f"{module}: not a module file under {root / PACKAGE}")
-    seen, todo = {first}, [first]
+    seen: set[Path] = set()
+    todo = [first, *files_run_by_import(module, root)]
     while todo:
-        for name in imported_modules(todo.pop()):
-            path = module_file(name, root)
-            if path is not None and path not in seen:
-                seen.add(path)
-                todo.append(path)
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imported_modules(path):
+            todo.extend(p for p in files_run_by_import(name, root) if p not in seen)
     return [first, *sorted(seen - {first})]
 
 

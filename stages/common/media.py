@@ -22,13 +22,17 @@ audio of the same span line up. Readers seek: memory depends on the span read, n
 length of the recording.
 
 `write_media` encodes H.264 + AAC with settings that make the bytes a pure function of the input
-(single-threaded x264, FFmpeg's bitexact mode), for synthetic stand-ins and tests.
+(single-threaded x264 without assembly, FFmpeg's bitexact mode), for synthetic stand-ins and tests.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
+import platform
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -46,6 +50,17 @@ TIME_EPS = 1e-4
 # pre-roll (AAC: one frame; Opus: 80 ms and more after a cold start), and the resampler needs
 # context at the span's edges.
 AUDIO_MARGIN = 0.2
+# x264 runs its plain C code (no assembly): the same bytes on every x86-64 CPU and on every call.
+# It picks SIMD kernels by CPU at run time and they are not all bit-exact (the SSSE3-and-up paths
+# give other bytes than SSE2 and C; mbtree's SSE2-AVX2 kernels use rcpps, whose bits are
+# vendor-specific), and its AVX-512 mbtree_propagate_list reads past a row of a frame that is not a
+# multiple of 128 px wide: on AVX-512 CPUs the bytes then changed between calls. ~2.4x x264 time.
+X264_PARAMS = "asm=0"
+# FFmpeg also picks SIMD kernels by CPU, and its AAC encoder's differ in the last bits (CPUs with
+# AVX2, with AVX only and with SSE only gave three different AAC streams of the same audio), so
+# while encoding they are held to x86-64's baseline (MMX, MMXEXT, SSE, SSE2, CMOV): every x86-64
+# CPU has them, and swscale's RGB -> YUV conversion gives the same bytes with them.
+_X86_64_BASELINE = 0x1 | 0x2 | 0x8 | 0x10 | 0x1000  # libavutil/cpu.h AV_CPU_FLAG_*
 
 
 class MediaError(StageError):
@@ -591,11 +606,12 @@ def write_media(
     """Encode RGB frames (h, w, 3) uint8 and optional float audio (channels, n) in [-1, 1].
 
     The container follows the suffix: H.264 (libx264) + AAC in .mp4, .mkv, .mov; VP9 + Opus in
-    .webm. Deterministic: one encoder thread and FFmpeg's bitexact mode (no version strings, no
-    random Matroska UIDs), so the same input gives the same bytes. `fps` may be a Fraction
-    (30000/1001). `gop` is the key-frame interval in frames (default about 1 s), which bounds the
-    decoding a seek costs. Frames are consumed one at a time; `crf` and `preset` tune x264 only;
-    `audio_bitrate` is in bit/s (None: the encoder's default). Mono and stereo audio.
+    .webm. Deterministic: one encoder thread, x264 without assembly (`X264_PARAMS`) and FFmpeg's
+    bitexact mode (no version strings, no random Matroska UIDs), so the same input gives the same
+    bytes. `fps` may be a Fraction (30000/1001). `gop` is the key-frame interval in frames (default
+    about 1 s), which bounds the decoding a seek costs. Frames are consumed one at a time; `crf`
+    and `preset` tune x264 only; `audio_bitrate` is in bit/s (None: the encoder's default). Mono
+    and stereo audio.
     """
     webm = Path(path).suffix.lower() == ".webm"
     keyint = str(gop or round(fps))
@@ -605,7 +621,11 @@ def write_media(
     else:
         codecs = ("libx264", "aac")
         options = {"crf": str(crf), "preset": preset, "threads": "1", "g": keyint}
-    with av.open(str(path), "w", container_options={"fflags": "+bitexact"}) as container:
+        options["x264-params"] = X264_PARAMS
+    with (
+        _baseline_ffmpeg_kernels(),
+        av.open(str(path), "w", container_options={"fflags": "+bitexact"}) as container,
+    ):
         video = container.add_stream(codecs[0], rate=fps, options=options)
         video.pix_fmt = "yuv420p"
         sound = None
@@ -627,6 +647,30 @@ def write_media(
         if sound is not None:
             _encode_audio(container, sound, audio, audio_rate, encoded, None)
             container.mux(sound.encode())
+
+
+@functools.cache
+def _libavutil() -> ctypes.CDLL | None:
+    """PyAV's own libavutil (the wheel bundles it), on x86-64 Linux; None elsewhere."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    libs = sorted((Path(av.__file__).parent.parent / "av.libs").glob("libavutil*.so*"))
+    return ctypes.CDLL(str(libs[0])) if libs else None
+
+
+@contextmanager
+def _baseline_ffmpeg_kernels() -> Iterator[None]:
+    """FFmpeg's CPU flags held to `_X86_64_BASELINE` for the encoders opened inside. Process-wide:
+    only for code that does nothing else meanwhile (the writers)."""
+    lib = _libavutil()
+    if lib is None:
+        yield
+        return
+    lib.av_force_cpu_flags(ctypes.c_int(lib.av_get_cpu_flags() & _X86_64_BASELINE))
+    try:
+        yield
+    finally:
+        lib.av_force_cpu_flags(ctypes.c_int(-1))  # back to the CPU's own
 
 
 def _encode_audio(

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from stages.common import dataset
+from stages.common import dataset, kernels
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
@@ -241,6 +241,7 @@ def main(params: Params) -> dict:
         params.stats,
         {
             "corpus": corpus.provenance(params.corpus.table),
+            "cpu_kernels": kernels.record(),  # the PCA's bits depend on OpenBLAS's kernels
             "fps": fps,
             "dct_kept": len(transform.coefficients),
             "dct_selection": params.dct.selection,

@@ -23,7 +23,7 @@ import pyarrow as pa
 import soxr
 from threadpoolctl import threadpool_limits
 
-from stages.common import dataset
+from stages.common import dataset, kernels
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
@@ -258,6 +258,7 @@ def main(params: Params) -> dict:
         params.stats,
         {
             "corpus": corpus.provenance(params.corpus.table),
+            "cpu_kernels": kernels.record(),  # numpy's SIMD exp and log set the last bits
             "frames_per_split": {
                 s: sum(len(r.mcep) for r in results if r.entry.split == s) for s in corpus.SPLITS
             },

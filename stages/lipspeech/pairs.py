@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from stages.common import dataset
+from stages.common import dataset, kernels
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
@@ -183,6 +183,7 @@ def main(params: Params) -> None:
     write_json(
         params.stats,
         {
+            "cpu_kernels": kernels.record(),  # the least-squares baseline goes through OpenBLAS
             "alignment": params.alignment,
             "rule": RULES[params.alignment],
             "lip_dims": int(rows["lip"].shape[1]),

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from stages.common import dataset
+from stages.common import dataset, kernels
 from stages.common.atomic import write_json
 from stages.common.errors import StageError
 from stages.common.hashing import file_digest
@@ -277,7 +277,7 @@ def finish(
     """
     removed = shards.remove_stale(params.out, [s.key for s in planned])
     write_json(params.metrics, metrics)
-    write_json(params.stats, stats)
+    write_json(params.stats, {**stats, "cpu_kernels": kernels.record()})
     return {
         "shards": len(manifests),
         "shards_skipped": sum(bool(m.get("skipped")) for m in manifests),

@@ -31,6 +31,7 @@ from stages.common.atomic import atomic_dir, write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
 from stages.common.images import save_grid
+from stages.common.media import write_media
 from stages.common.progress import progress
 from stages.common.seeding import rng
 
@@ -311,36 +312,6 @@ def synthesize_audio(
     return np.clip(stereo, -1, 1).astype(np.float32)
 
 
-# --- writing ------------------------------------------------------------------------------------
-
-
-def write_mp4(
-    path: Path, frames: np.ndarray, audio: np.ndarray | None, fps: int, rate: int
-) -> None:
-    """H.264 (+ AAC stereo) mp4, bit-exact: the same frames give the same bytes."""
-    import av
-
-    with av.open(str(path), "w", options={"fflags": "+bitexact"}) as out:
-        video = out.add_stream(
-            "libx264", rate=fps, options={"crf": "20", "preset": "veryfast", "threads": "1"}
-        )
-        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        sound = None if audio is None else out.add_stream("aac", rate=rate, layout="stereo")
-        for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = i
-            out.mux(video.encode(frame))
-        out.mux(video.encode())
-        if sound is not None:
-            for lo in range(0, audio.shape[1], 1024):
-                block = av.AudioFrame.from_ndarray(
-                    np.ascontiguousarray(audio[:, lo : lo + 1024]), format="fltp", layout="stereo"
-                )
-                block.sample_rate, block.pts = rate, lo
-                out.mux(sound.encode(block))
-            out.mux(sound.encode())
-
-
 CLIPS_SCHEMA = dataset.SampleSchema(
     name="mcn_sample/clips/v1",
     doc="One row per narrated clip: the caption of [start, end] seconds of a video.",
@@ -398,7 +369,7 @@ def build_corpus(p: Params, corpus: str, root: Path) -> dict:
         frames = render_frames(plan, p, shifted, stream)
         audio = synthesize_audio(plan, p, shifted, stream) if plan.has_audio else None
         path = videos_dir / f"{plan.video}.mp4"
-        write_mp4(path, frames, audio, p.fps, p.sample_rate)
+        write_media(path, frames, p.fps, audio, p.sample_rate, crf=20, preset="veryfast")
         if (
             kind == "corrupt"
         ):  # cut before the index (moov atom): unreadable, like a broken download

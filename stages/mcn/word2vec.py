@@ -16,6 +16,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from stages.common import kernels
 from stages.common.atomic import write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
@@ -109,7 +110,7 @@ def build(params: Params) -> dict:
         "captions_without_words": len(captions) - len(sentences),
         "gensim": gensim.__version__,
     }
-    write_json(params.stats, stats)
+    write_json(params.stats, {**stats, "cpu_kernels": kernels.record()})  # gensim's BLAS
     log.info("%d words x %d from %d captions", len(kv), kv.vector_size, len(captions))
     return {"train_seconds": round(seconds, 3)}
 
