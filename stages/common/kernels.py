@@ -76,6 +76,9 @@ def record() -> dict[str, object]:
     import numpy  # noqa: F401  (threadpoolctl lists the BLAS of loaded libraries only)
     from threadpoolctl import threadpool_info
 
-    blas = sorted({f"{i['internal_api']} {i.get('architecture')}" for i in threadpool_info()})
+    blas = sorted(
+        {f"{i['internal_api']} {i.get('architecture')}" for i in threadpool_info()
+         if i["user_api"] == "blas"}
+    )  # fmt: skip
     pinned = {name: os.environ[name] for name in X86_64_V3 if name in os.environ}
     return {"kernels": "pinned" if pinned else "native", "pinned": pinned, "blas": blas}
