@@ -55,3 +55,28 @@ def test_npz_and_other_files(tmp_path):
     assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "a.json")]) == 0
     assert compare.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 1
     assert compare.main([str(tmp_path / "gone"), str(tmp_path / "b.json")]) == 2
+
+
+def test_word2vec_vectors_and_shard_manifests(tmp_path):
+    from gensim.models import KeyedVectors
+
+    def vectors(name, values, words=("a", "b")):
+        kv = KeyedVectors(vector_size=3)
+        kv.add_vectors(list(words), np.asarray(values, np.float32))
+        kv.save_word2vec_format(tmp_path / name, binary=True)
+        return tmp_path / name
+
+    base = vectors("a.bin", [[1, 2, 3], [4, 5, 6]])
+    ulp = np.nextafter(np.float32(6), np.float32(7))
+    assert compare.compare(base, vectors("b.bin", [[1, 2, 3], [4, 5, ulp]])) == []
+    assert compare.compare(base, vectors("c.bin", [[1, 2, 3], [4, 5, 7]]))
+    assert compare.compare(base, vectors("d.bin", [[1, 2, 3], [4, 5, 6]], ("a", "c")))
+    done = tmp_path / "x" / "done"
+    done.mkdir(parents=True)
+    (done / "m.json").write_text('{"files": [{"bytes": 10, "path": "t"}], "key": "k"}')
+    other = tmp_path / "y" / "done"
+    other.mkdir(parents=True)
+    (other / "m.json").write_text('{"files": [{"bytes": 12, "path": "t"}], "key": "k"}')
+    assert compare.compare(done / "m.json", other / "m.json") == []
+    (other / "m.json").write_text('{"files": [{"bytes": 10, "path": "u"}], "key": "k"}')
+    assert compare.compare(done / "m.json", other / "m.json")

@@ -6,8 +6,9 @@ On every x86-64-v3 CPU the pipeline's outputs are byte-identical (README, "Repro
 CPU where the float libraries cannot be pinned (no AVX2, or not x86-64), float results may differ
 in their last bits; this command says whether a rebuilt output still agrees with the recorded one
 (for example one fetched with `dvc get . PATH --rev COMMIT -o RECORDED`): integers, strings and
-every other byte exactly, float arrays within `RTOL` of their dtype, relative to the largest
-magnitude of the array (one float16 step, about 1,000 float32 steps, ~10^7 float64 steps: the
+every other byte exactly (shard manifests but for the table sizes they record), float arrays
+(Parquet array columns, npz arrays, word2vec vectors) within `RTOL` of their dtype, relative to
+the largest magnitude of the array (one float16 step, about 1,000 float32 steps, ~10^7 float64 steps: the
 differences measured between kernels were 1, 1 and ~70 steps). Exit 0 when everything agrees, 1
 with one line per difference otherwise.
 """
@@ -15,6 +16,7 @@ with one line per difference otherwise.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -55,6 +57,28 @@ def compare_npz(recorded: Path, rebuilt: Path) -> list[str]:
         return [f"{rebuilt}: {k} differs beyond tolerance" for k in keys]
 
 
+def compare_word2vec(recorded: Path, rebuilt: Path) -> list[str]:
+    """word2vec binary files: the same words in the same order, vectors within tolerance."""
+    from gensim.models import KeyedVectors
+
+    old, new = (KeyedVectors.load_word2vec_format(p, binary=True) for p in (recorded, rebuilt))
+    if old.index_to_key != new.index_to_key:
+        return [f"{rebuilt}: other words than {recorded}"]
+    return [] if close(old.vectors, new.vectors) else [f"{rebuilt}: vectors beyond tolerance"]
+
+
+def compare_manifest(recorded: Path, rebuilt: Path) -> list[str]:
+    """A shard manifest records its tables' sizes, which follow the float bytes: all else exact."""
+
+    def without_sizes(obj: object) -> object:
+        if isinstance(obj, dict):
+            return {k: without_sizes(v) for k, v in obj.items() if k != "bytes"}
+        return [without_sizes(v) for v in obj] if isinstance(obj, list) else obj
+
+    old, new = (without_sizes(json.loads(p.read_text())) for p in (recorded, rebuilt))
+    return [] if old == new else [f"{rebuilt}: manifest differs beyond table sizes"]
+
+
 def compare_file(recorded: Path, rebuilt: Path) -> list[str]:
     if not rebuilt.is_file():
         return [f"{rebuilt}: missing"]
@@ -64,6 +88,10 @@ def compare_file(recorded: Path, rebuilt: Path) -> list[str]:
         return compare_parquet(recorded, rebuilt)
     if recorded.suffix == ".npz":
         return compare_npz(recorded, rebuilt)
+    if recorded.suffix == ".bin":
+        return compare_word2vec(recorded, rebuilt)
+    if recorded.suffix == ".json" and recorded.parent.name == "done":
+        return compare_manifest(recorded, rebuilt)
     return [f"{rebuilt}: bytes differ ({recorded.suffix or 'no suffix'}: compared exactly)"]
 
 
