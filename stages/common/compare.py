@@ -8,9 +8,9 @@ in their last bits; this command says whether a rebuilt output still agrees with
 (for example one fetched with `dvc get . PATH --rev COMMIT -o RECORDED`): integers, strings and
 every other byte exactly (shard manifests but for the table sizes they record), float arrays
 (Parquet array columns, npz arrays, word2vec vectors) within `RTOL` of their dtype, relative to
-the largest magnitude of the array (one float16 step, about 1,000 float32 steps, ~10^7 float64 steps: the
-differences measured between kernels were 1, 1 and ~70 steps). Exit 0 when everything agrees, 1
-with one line per difference otherwise.
+the largest magnitude of the array (one float16 step, about 1,000 float32 steps, ~10^7 float64
+steps: the differences measured between kernels were 1, 1 and ~70 steps). Exit 0 when everything
+agrees, 1 with one line per difference otherwise.
 """
 
 from __future__ import annotations
