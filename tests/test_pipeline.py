@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import json
 import re
+import typing
+from dataclasses import MISSING
 from pathlib import Path
 
 import pytest
@@ -178,3 +181,21 @@ def test_stats_are_outputs_beside_the_metrics_not_metrics(name):
     for path, options in entries(stage, "outs").items():
         if path.endswith(".stats.json"):
             assert options.get("cache") is False, f"{name}: {path} belongs in Git (cache: false)"
+
+
+@pytest.mark.parametrize(("name", "module"), stage_modules())
+def test_params_dataclasses_carry_no_defaults(name, module):
+    """A default lives once, in params.yaml: a code default could silently disagree with it."""
+    if module.endswith(".__main__"):
+        pytest.skip(f"{module} parses its own arguments")
+
+    def defaults(cls: type, prefix: str) -> list[str]:
+        found, hints = [], typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            if field.default is not MISSING or field.default_factory is not MISSING:
+                found.append(prefix + field.name)
+            if dataclasses.is_dataclass(hints[field.name]):
+                found += defaults(hints[field.name], f"{prefix}{field.name}.")
+        return found
+
+    assert defaults(importlib.import_module(module).Params, f"{name}.") == []
