@@ -306,6 +306,10 @@ def probe_frames(path: str | Path) -> DecodedVideo:
     path = Path(path)
     if not path.is_file():
         raise MediaError(path, "video file not found", "missing")
+    try:  # PyAV first: decord's FFmpeg prints its own errors on a file it cannot open
+        av.open(str(path)).close()
+    except av.FFmpegError as exc:
+        raise MediaError(path, f"cannot open video ({exc.strerror})", "corrupt") from None
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except Exception as exc:  # decord raises its own DECORDError or RuntimeError
