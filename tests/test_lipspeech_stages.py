@@ -357,3 +357,16 @@ def test_stereo_44k_input_gives_the_same_frames_as_mono_48k(media):
     assert by_shift[1] < 2.0 and by_shift[1] < min(by_shift[0], by_shift[2])
     with AudioReader(media / "stereo44.mp4") as reader:
         assert reader.track().shape[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("alpha", 1.5), ("alpha", -1.0), ("sample_rate", 0), ("hop", 0), ("order", 300)],
+)
+def test_analysis_settings_out_of_range_name_their_key(key, value):
+    """Checked before any audio is decoded: alpha 1.5 was a ZeroDivisionError in a worker."""
+    repo = load_section(mel_cepstrum.Params, "mel_cepstrum", REPO / "params.yaml").analysis
+    mel_cepstrum.check_analysis(repo)  # the repository's settings pass
+    bad = dataclasses.replace(repo, **{key: value})
+    with pytest.raises(StageError, match=rf"mel_cepstrum\.analysis\.{key}: .*got {value}"):
+        mel_cepstrum.check_analysis(bad)

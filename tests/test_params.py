@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
+from stages.common.cli import in_params_file
 from stages.common.errors import StageError
 from stages.common.params import load_section
+from stages.common.workers import worker_count
 
 
 @dataclass(frozen=True)
@@ -61,3 +64,35 @@ def test_bad_params_name_the_key(tmp_path, text, where, problem):
 def test_invalid_yaml_names_the_file(tmp_path):
     with pytest.raises(StageError, match="not valid YAML"):
         load_section(Params, "stage", write(tmp_path, "stage: [unclosed"))
+
+
+@pytest.mark.parametrize("section", ["[1, 2]", "3", "just words"])
+def test_a_section_that_is_not_a_mapping_is_one_error(tmp_path, section):
+    path = write(tmp_path, f"base: {{seed: 1}}\ns: {section}\n")
+    with pytest.raises(StageError, match=r"params.yaml: s: expected a mapping of keys"):
+        load_section(Params, "s", path)
+
+
+def test_errors_name_the_params_file_actually_read():
+    """Stages name keys as 'params.yaml: key'; after --params other.yaml the message says so."""
+    error = StageError("params.yaml: motionmnist.max_angle", "must be in (0, 360]")
+    assert in_params_file(error, Path("params.yaml")) == str(error)
+    assert in_params_file(error, Path("lab/other.yaml")) == (
+        "lab/other.yaml: motionmnist.max_angle: must be in (0, 360]"
+    )
+    recording = StageError("data/params.yaml.mp4", "corrupt")  # a file, not a key: untouched
+    assert in_params_file(recording, Path("other.yaml")) == str(recording)
+
+
+@pytest.mark.parametrize("requested", [-1, 10**5, True])
+def test_worker_counts_out_of_range_are_one_error_naming_the_key(requested):
+    with pytest.raises(StageError, match=r"params.yaml: x.workers: must be 0 \(one per core\)"):
+        worker_count(requested, 8, "x.workers")
+
+
+def test_pools_never_outnumber_their_jobs():
+    cores = len(os.sched_getaffinity(0))
+    assert worker_count(0) == cores
+    assert worker_count(0, jobs=1) == 1
+    assert worker_count(2 * cores, jobs=3) == min(2 * cores, 3)
+    assert worker_count(1, jobs=0) == 1

@@ -49,7 +49,7 @@ def run_stage(
     except StageError as exc:
         if show_traceback:
             raise
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {in_params_file(exc, args.params)}", file=sys.stderr)
         sys.exit(EXIT_STAGE_ERROR)
     except KeyboardInterrupt:
         print(f"{name}: interrupted; no output was replaced", file=sys.stderr)
@@ -57,6 +57,18 @@ def run_stage(
     seconds = time.perf_counter() - started
     append_run_log(name, {"seconds": round(seconds, 3), **timings})
     logging.getLogger(name).info("done in %.1f s (run log: %s)", seconds, run_log_path(name))
+
+
+def in_params_file(exc: StageError, params: Path) -> str:
+    """The one-line message, naming the params file actually read.
+
+    Stages name a params key as `params.yaml: section.key` (the convention); with `--params` the
+    user's file is another one, and the message must say which.
+    """
+    prefix = f"{PARAMS_FILE}: "
+    if params != PARAMS_FILE and exc.where.startswith(prefix):
+        return f"{params}: {exc.where.removeprefix(prefix)}: {exc.problem}"
+    return str(exc)
 
 
 def quiet_third_party(name: str) -> None:

@@ -42,6 +42,8 @@ def load_section(cls: type[T], section: str, path: str | Path = PARAMS_FILE) -> 
     if section not in data:
         raise StageError(path, f"no '{section}' section")
     own = data[section] or {}
+    if not isinstance(own, dict):
+        raise StageError(f"{path}: {section}", f"expected a mapping of keys, got {own!r}")
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     # `base` holds what many stages share; a stage takes the base keys it declares and ignores the
     # rest, while an unknown key in its own section is a typo and an error.

@@ -8,15 +8,30 @@ from concurrent.futures import ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from typing import TypeVar
 
+from stages.common.errors import StageError
+
 J = TypeVar("J")
 R = TypeVar("R")
 
+MAX_PER_CORE = 8
 
-def worker_count(requested: int) -> int:
-    """`requested` workers, or one per core available to this process when it is 0."""
-    if requested < 0:
-        raise ValueError(f"workers must be >= 0, got {requested}")
-    return requested or len(os.sched_getaffinity(0))
+
+def worker_count(requested: int, jobs: int | None = None, key: str = "workers") -> int:
+    """Processes to use: `requested`, or one per core available when 0; never more than `jobs`.
+
+    `key` is the params key, for the error. A pool larger than the work only costs memory (100,000
+    asked for once started 5,459 processes before memory ran out), so it is capped at `jobs`, and
+    more than `MAX_PER_CORE` processes per core is refused as a typo.
+    """
+    cores = len(os.sched_getaffinity(0))
+    if isinstance(requested, bool) or not 0 <= requested <= MAX_PER_CORE * cores:
+        raise StageError(
+            f"params.yaml: {key}",
+            f"must be 0 (one per core) to {MAX_PER_CORE * cores} ({MAX_PER_CORE} per core), "
+            f"got {requested}",
+        )
+    count = requested or cores
+    return max(1, min(count, jobs)) if jobs is not None else count
 
 
 @contextmanager

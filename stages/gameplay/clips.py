@@ -408,10 +408,10 @@ def build(params: Params) -> Outcome:
     specs = parse_rows(table, params)
     raise_bad_rows(specs, params.events)
     names = sorted({s.recording for s in specs if isinstance(s, ClipSpec)})
-    workers = worker_count(params.workers)
     # One pool probes the recordings, then writes the shards: at most this many jobs at once.
     jobs_at_most = max(len(names), math.ceil(len(specs) / params.shard_rows))
-    with worker_pool(min(workers, jobs_at_most)) as pool:
+    workers = worker_count(params.workers, jobs_at_most, "gameplay_clips.workers")
+    with worker_pool(workers) as pool:
         infos, broken = probe_all(names, params, pool)
         check_windows(specs, infos)
         raise_bad_rows(specs, params.events)

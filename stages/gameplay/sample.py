@@ -395,13 +395,13 @@ def build(params: Params) -> dict:
         raise StageError("params.yaml: gameplay_sample", "audio_rate must be >= 8000, crf >= 0")
     events_file = events_name(params)
     schedule = plan(params)
-    workers = worker_count(params.workers)
+    workers = worker_count(params.workers, params.recordings, "gameplay_sample.workers")
     with atomic_dir(params.out) as tmp:
         jobs = [
             RecordingJob(r, events, tmp / recording_name(r), params)
             for r, events in enumerate(schedule)
         ]
-        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+        with ProcessPoolExecutor(workers) as pool:
             results = pool.map(make_recording, jobs)
             sizes = list(progress(results, desc="recordings", total=len(jobs), unit="rec"))
         (tmp / events_file).parent.mkdir(parents=True, exist_ok=True)
@@ -429,7 +429,7 @@ def main(params: Params) -> dict:
     log.info("%d recordings, %d events", stats["recordings"], stats["events"])
     write_json(params.metrics, {k: stats[k] for k in METRICS})
     write_json(params.stats, {k: v for k, v in stats.items() if k not in METRICS})
-    return {"workers": worker_count(params.workers)}
+    return {"workers": worker_count(params.workers, params.recordings, "gameplay_sample.workers")}
 
 
 if __name__ == "__main__":

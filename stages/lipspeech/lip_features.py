@@ -183,7 +183,7 @@ def main(params: Params) -> dict:
     validate(params)
     entries = corpus.read_corpus(params.corpus)
     started = time.perf_counter()
-    workers = worker_count(params.workers)
+    workers = worker_count(params.workers, len(entries), "lip_features.workers")
     jobs = [(e, params.roi) for e in entries]
     clips = corpus.map_utterances(read_clip, jobs, workers, "lip video")
     decoded = time.perf_counter() - started

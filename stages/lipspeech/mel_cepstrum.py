@@ -196,21 +196,39 @@ def preview(path: Path, result: Result, a: Analysis) -> None:
     save_grid(path, np.stack(tiles)[None])
 
 
+def check_analysis(a: Analysis) -> None:
+    """Every analysis setting in its range, named by its key, before any audio is decoded."""
+    rules = {
+        "sample_rate": (a.sample_rate >= 1000, "must be >= 1000 Hz"),
+        "nfft": (a.nfft >= 16, "must be >= 16"),
+        "frame_length": (0 < a.frame_length <= a.nfft, "must be in (0, nfft]"),
+        "hop": (a.hop > 0, "must be > 0"),
+        "order": (0 < a.order < a.nfft // 2, "must be in (0, nfft / 2)"),
+        "alpha": (-1 < a.alpha < 1, "all-pass constant: must be in (-1, 1)"),
+        "miniter": (a.miniter >= 1, "must be >= 1"),
+        "maxiter": (a.maxiter >= a.miniter, "must be >= miniter"),
+        "threshold": (a.threshold > 0, "must be > 0"),
+        "min_det": (a.min_det >= 0, "must be >= 0"),
+    }
+    for key, (ok, rule) in rules.items():
+        if not ok:
+            raise StageError(
+                f"params.yaml: mel_cepstrum.analysis.{key}", f"{rule}, got {getattr(a, key)}"
+            )
+
+
 def main(params: Params) -> dict:
     """Mel-cepstra of every utterance's speech, at 12 kHz, 5 ms frames, checked against pysptk."""
     a = params.analysis
+    check_analysis(a)
     try:
         melcep.operators(a.order, a.alpha, a.nfft)
         melcep.periodogram(np.zeros((1, a.nfft)), a.etype, a.eps)
     except ValueError as exc:
         raise StageError("params.yaml: mel_cepstrum.analysis", str(exc)) from None
-    if not 0 < a.frame_length <= a.nfft or a.hop <= 0:
-        raise StageError(
-            "params.yaml: mel_cepstrum.analysis", "need 0 < frame_length <= nfft, hop > 0"
-        )
     entries = corpus.read_corpus(params.corpus)
     started = time.perf_counter()
-    workers = worker_count(params.workers)
+    workers = worker_count(params.workers, len(entries), "mel_cepstrum.workers")
     results = corpus.map_utterances(process, [(e, a) for e in entries], workers, "mcep")
     seconds = time.perf_counter() - started
     frames = sum(len(r.mcep) for r in results)

@@ -132,7 +132,7 @@ def main(params: Params) -> dict:
     validate(params)
     test = test_split(params.seed, params.utterances, params.test_fraction)
     started = time.perf_counter()
-    workers = worker_count(params.workers)
+    workers = worker_count(params.workers, params.utterances, "lipspeech_sample.workers")
     with atomic_dir(params.out) as tmp:
         (tmp / "videos").mkdir()
         jobs = [Job(i, tmp, params) for i in range(params.utterances)]

@@ -339,7 +339,7 @@ def build(params: Params, out: Path) -> tuple[dict, dict]:
     n = len(digits.images)
     test = assign_splits(params.seed, n, params.test_fraction)
     started = time.perf_counter()
-    workers = worker_count(params.workers)
+    workers = worker_count(params.workers, -(-n // BLOCK_DIGITS), "motionmnist.workers")
     with atomic_dir(out) as tmp:
         jobs = [
             ShardJob(
