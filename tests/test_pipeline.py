@@ -199,3 +199,12 @@ def test_params_dataclasses_carry_no_defaults(name, module):
         return found
 
     assert defaults(importlib.import_module(module).Params, f"{name}.") == []
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINE))
+def test_every_output_persists_so_a_failed_run_keeps_the_last_good_one(name):
+    """DVC deletes non-persistent outputs before it runs a stage; ours replace them atomically."""
+    stage = PIPELINE[name]
+    for key in ("outs", "metrics", "plots"):
+        for path, options in entries(stage, key).items():
+            assert options.get("persist") is True, f"{name}: {path} needs persist: true"
