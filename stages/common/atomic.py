@@ -1,7 +1,13 @@
-"""Atomic writes: outputs appear complete or not at all, and a failed run keeps the old ones."""
+"""Atomic writes: outputs appear complete or not at all, and a failed run keeps the old ones.
+
+Temporaries are named `.<name>.<pid>.<random>.tmp` beside their target. A process killed with
+SIGKILL cannot clean up, so the next write of the same target removes the temporaries (and the
+moved-aside old outputs) of processes that no longer exist, never those of a live writer.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -23,12 +29,50 @@ def _publish_mode(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_abandoned(path: Path) -> list[Path]:
+    """Remove the temporaries and moved-aside outputs of `path` left by processes now dead."""
+    removed = []
+    for leftover in path.parent.glob(f".{path.name}.*"):
+        pid = leftover.name[len(path.name) + 2 :].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            removed.append(leftover)
+    return removed
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+@contextmanager
+def _publishing(path: Path) -> Iterator[None]:
+    """One publisher at a time in `path`'s folder: the move-aside-then-rename of a directory is two
+    steps, and two processes interleaving them crashed each other. Held only for those renames."""
+    parent = os.open(path.parent, os.O_RDONLY)  # a lock on the folder leaves no lock file behind
+    try:
+        fcntl.flock(parent, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(parent)
+
+
 @contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_abandoned(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -48,19 +92,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_abandoned(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _publish_mode(tmp, directory=True)
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
+    old = tmp.with_suffix(".old")  # as unique as the temporary, and with the same pid
+    with _publishing(path):
+        moved = path.exists()
+        if moved:
+            os.replace(path, old)
+        os.replace(tmp, path)
+    if moved:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
