@@ -15,10 +15,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from media_samples import frame_index, pyav_frames, truncate, write_audio_only, write_pattern
+from media_samples import (
+    frame_index,
+    pattern_audio,
+    pattern_frame,
+    pyav_frames,
+    truncate,
+    write_audio_only,
+    write_pattern,
+)
 
 from stages.common import dataset
 from stages.common.errors import StageError
+from stages.common.media import write_media
 from stages.common.params import load_section
 from stages.gameplay import clips as gc
 from stages.gameplay import sample as gs
@@ -37,6 +46,8 @@ def corpus(tmp_path_factory) -> Path:
     truncate(a, root / "cut.mp4")
     write_pattern(root / "silent.mp4", 6.0, 30, (64, 48), audio=False)
     write_audio_only(root / "sound-only.mp4", 6.0)
+    frames = (pattern_frame(i, 48, 64) for i in range(180))  # 6 s of video, 3 s of sound
+    write_media(root / "short-sound.mp4", frames, 30, pattern_audio(3.0, 48000, []), 48000)
     return root
 
 
@@ -152,6 +163,14 @@ BAD_ROWS = [
     ({"recording": "rec-a.mp4", "time": 11.5, "label": "stomp"}, "outside recording 'rec-a.mp4'"),
     ({"recording": "rec-a.mp4", "time": 0.5, "label": "stomp"}, r"window -1\.000-2\.000 s"),
     ({"recording": "rec-a.mp4", "label": "stomp"}, "needs a time, or a start and an end"),
+    ({"recording": "rec-a.mp4", "time": "abc", "label": "stomp"}, "time 'abc' is not a finite"),
+    ({"recording": "rec-a.mp4", "time": "nan", "label": "stomp"}, "time 'nan' is not a finite"),
+    ({"recording": "rec-a.mp4", "time": "inf", "label": "stomp"}, "time 'inf' is not a finite"),
+    ({"recording": "rec-a.mp4", "start": 1, "end": "-inf", "label": "stomp"}, "end '-inf' is"),
+    (
+        {"recording": "short-sound.mp4", "time": 4.0, "label": "stomp"},
+        r"\(0-3\.0\d\d s: its audio ends at 3\.0\d\d s, its video at 6\.000 s\)",
+    ),
 ]
 
 
@@ -160,16 +179,69 @@ def test_bad_row_is_reported_with_its_number(corpus, tmp_path, row, problem):
     events = write_events(tmp_path / "events.csv", [GOOD_ROWS[0], row])
     with pytest.raises(StageError, match=problem) as info:
         gc.build(make_params(corpus, events, tmp_path / "clips"))
+    assert info.value.where == f"{events}: line 3"  # the header is line 1
+    assert not (tmp_path / "clips").exists()
+
+
+def test_recordings_outside_the_folder_are_refused(corpus, tmp_path):
+    """DVC tracks the recordings folder only: a file elsewhere would never re-run the stage."""
+    shutil.copy(corpus / "rec-a.mp4", corpus.parent / "outside.mp4")
+    for name in ("../outside.mp4", str(corpus / "rec-a.mp4"), "sub/../../outside.mp4"):
+        rows = [GOOD_ROWS[0], {"recording": name, "time": 3.0, "label": "stomp"}]
+        events = write_events(tmp_path / "events.csv", rows)
+        with pytest.raises(StageError) as info:
+            gc.build(make_params(corpus, events, tmp_path / "clips"))
+        assert info.value.where == f"{events}: line 3"
+        assert info.value.problem == (
+            f"recording {name!r} is outside the recordings folder {corpus} (DVC does not track "
+            "it): name a file inside it"
+        )
+    assert not (tmp_path / "clips").exists()
+
+
+def test_lines_are_the_files_own_blank_lines_and_quoted_newlines_included(corpus, tmp_path):
+    events = tmp_path / "events.csv"
+    events.write_text('recording,time,label\n\nrec-a.mp4,3.0,"mush\nroom"\n\nrec-a.mp4,3.0,coin\n')
+    with pytest.raises(StageError, match=r"label 'mush\\nroom'.* line 6: label 'coin'") as info:
+        gc.build(make_params(corpus, events, tmp_path / "clips"))
+    assert info.value.where == f"{events}: line 3"
+
+
+def test_parquet_rows_are_numbered_from_1(corpus, tmp_path):
+    events = tmp_path / "events.parquet"
+    pd.DataFrame([GOOD_ROWS[1], {**GOOD_ROWS[2], "end": float("inf")}]).to_parquet(events)
+    with pytest.raises(StageError, match="end inf is not a finite number") as info:
+        gc.build(make_params(corpus, events, tmp_path / "clips"))
     assert info.value.where == f"{events}: row 2"
+
+
+def test_ragged_csv_line_is_named(corpus, tmp_path):
+    events = tmp_path / "events.csv"
+    events.write_text("recording,time,label\nrec-a.mp4,3.0,stomp\nrec-a.mp4,3.0,stomp,x\n")
+    with pytest.raises(StageError) as info:
+        gc.build(make_params(corpus, events, tmp_path / "clips"))
+    assert info.value.problem == "4 fields, the header has 3"
+    assert info.value.where == f"{events}: line 3"
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_events_table_without_rows_is_an_error(corpus, tmp_path, suffix):
+    events = tmp_path / f"events.{suffix}"
+    table = pd.DataFrame({"recording": [], "time": [], "label": []})
+    table.to_csv(events, index=False) if suffix == "csv" else table.to_parquet(events)
+    with pytest.raises(StageError) as info:
+        gc.build(make_params(corpus, events, tmp_path / "clips", on_bad_recording="skip"))
+    assert info.value.problem == "events table has no rows (only a header)"
+    assert info.value.where == str(events)
     assert not (tmp_path / "clips").exists()
 
 
 def test_all_bad_rows_are_listed(corpus, tmp_path):
     rows = [GOOD_ROWS[0]] + [row for row, _ in BAD_ROWS[:3]]
     events = write_events(tmp_path / "events.csv", rows)
-    with pytest.raises(StageError, match=r"and 2 more bad rows: row 3: .*; row 4: start") as info:
+    with pytest.raises(StageError, match=r"and 2 more bad rows: line 4: .*; line 5: start") as info:
         gc.build(make_params(corpus, events, tmp_path / "clips"))
-    assert info.value.where.endswith("row 2")
+    assert info.value.where.endswith("line 3")
 
 
 def test_missing_column_is_named(corpus, tmp_path):
@@ -209,7 +281,12 @@ def test_skip_mode_lists_broken_recordings_and_goes_on(corpus, tmp_path, workers
     ]
     events = write_events(tmp_path / "events.csv", rows)
     params = make_params(
-        corpus, events, tmp_path / "clips", on_bad_recording="skip", workers=workers
+        corpus,
+        events,
+        tmp_path / "clips",
+        on_bad_recording="skip",
+        min_success_share=0.3,
+        workers=workers,
     )
     outcome = gc.build(params)
     assert [f["row"] for f in outcome.failures] == [1, 3]
@@ -217,6 +294,62 @@ def test_skip_mode_lists_broken_recordings_and_goes_on(corpus, tmp_path, workers
     assert "no audio track" in outcome.failures[1]["error"]
     assert outcome.stats["failures"] == 2 and outcome.stats["clips"] == 1
     assert dataset.read_arrays(tmp_path / "clips", columns=["clip_id"])["clip_id"].tolist() == [2]
+
+
+SKIP_ROWS = [
+    {"recording": "cut.mp4", "time": 2.0, "label": "death"},
+    GOOD_ROWS[0],
+    {"recording": "silent.mp4", "time": 3.0, "label": "stomp"},
+]
+
+
+@pytest.mark.parametrize(
+    ("rows", "share"),
+    [(SKIP_ROWS, 0.5), (SKIP_ROWS[:1] + SKIP_ROWS[2:], 0.01)],  # 1 of 3 cut; none of 2
+)
+def test_skip_mode_fails_below_the_success_share_and_replaces_nothing(
+    corpus, tmp_path, rows, share
+):
+    events = write_events(tmp_path / "events.csv", rows)
+    out = tmp_path / "clips"
+    out.mkdir()
+    (out / "part-00000.parquet").write_text("the previous dataset")
+    params = make_params(corpus, events, out, on_bad_recording="skip", min_success_share=share)
+    with pytest.raises(StageError) as info:
+        gc.build(params)
+    assert info.value.where == str(corpus)
+    assert info.value.problem.startswith(
+        f"2 of {len(rows)} clips failed, from 2 broken recordings (cut.mp4, silent.mp4); "
+        f"gameplay_clips.min_success_share is {share:g}. First failure: {corpus / 'cut.mp4'}: "
+        "cannot be decoded ("
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "events.csv"]
+    assert [p.name for p in out.iterdir()] == ["part-00000.parquet"]
+    assert (out / "part-00000.parquet").read_text() == "the previous dataset"
+
+
+def test_a_failure_while_cutting_counts_against_the_share(corpus, tmp_path, monkeypatch):
+    """Recordings that probe fine but fail to decode later are counted too (skip mode)."""
+    events = write_events(tmp_path / "events.csv", GOOD_ROWS)
+
+    def broken(path, *args):
+        raise gc.StageError(path, "cannot be decoded (test)")
+
+    monkeypatch.setattr(gc, "FrameReader", broken)
+    params = make_params(corpus, events, tmp_path / "clips", on_bad_recording="skip")
+    with pytest.raises(StageError, match="4 of 4 clips failed, from 2 broken recordings") as info:
+        gc.build(params)
+    assert info.value.where == str(corpus)
+    assert not (tmp_path / "clips").exists()
+
+
+@pytest.mark.parametrize("share", [0, -0.5, 1.5])
+def test_success_share_must_be_a_share(corpus, tmp_path, share):
+    events = write_events(tmp_path / "events.csv", GOOD_ROWS)
+    with pytest.raises(StageError) as info:
+        gc.build(make_params(corpus, events, tmp_path / "clips", min_success_share=share))
+    assert info.value.problem == "must be in (0, 1]"
+    assert info.value.where == "params.yaml: gameplay_clips.min_success_share"
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -280,10 +413,28 @@ def test_cli_reports_a_bad_row_in_one_line(corpus, tmp_path):
         done.stderr.strip()
         .splitlines()[-1]
         .startswith(
-            f"gameplay_clips: error: {events}: row 2: label 'coin' is not in the vocabulary"
+            f"gameplay_clips: error: {events}: line 3: label 'coin' is not in the vocabulary"
         )
     )
     assert not (tmp_path / DEFAULTS.out).exists()
+
+
+def test_cli_skip_mode_with_every_recording_broken_fails_in_one_line(corpus, tmp_path):
+    rows = [{"recording": "silent.mp4", "time": 3.0, "label": "stomp"}]
+    events = write_events(tmp_path / "events.csv", rows)
+    metrics = tmp_path / DEFAULTS.metrics
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text("previous metrics")
+    done = run_cli(tmp_path, recordings=str(corpus), events=str(events), on_bad_recording="skip")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"gameplay_clips: error: {corpus}: 1 of 1 clips failed, from 1 broken recordings "
+        "(silent.mp4); gameplay_clips.min_success_share is 0.5. First failure: "
+        f"{corpus / 'silent.mp4'}: no audio track"
+    )
+    assert not (tmp_path / DEFAULTS.out).exists()
+    assert [p.name for p in metrics.parent.iterdir()] == [metrics.name]
+    assert metrics.read_text() == "previous metrics"
 
 
 OUTPUTS = ("out", "failures", "contact_sheet", "metrics", "stats")

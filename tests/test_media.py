@@ -7,6 +7,7 @@ import hashlib
 import pickle
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 import soxr
@@ -222,6 +223,48 @@ def test_write_media_bytes_depend_on_nothing_but_the_input(tmp_path, busy_cpu, w
     assert len(digests) == 1
 
 
+# --- surround sound ----------------------------------------------------------------------------
+
+SURROUND = {0: (440, 0.2), 2: (1000, 0.1), 3: (60, 0.4), 4: (2500, 0.2)}  # FL, FC, LFE, BL
+# FFmpeg's 5.1 -> mono (libswresample, as `ffmpeg -ac 1`): fronts -3 dB, centre 0 dB, surrounds
+# -6 dB, LFE left out.
+DOWNMIX = {0: 0.7071, 2: 1.0, 3: 0.0, 4: 0.5}
+
+
+@pytest.fixture(scope="module")
+def surround(tmp_path_factory):
+    """A 5.1 AAC recording: one tone per channel in four of the six, the rest silent."""
+    rate, t = 48000, np.arange(3 * 48000) / 48000
+    audio = np.zeros((6, len(t)), np.float32)
+    for channel, (hz, level) in SURROUND.items():
+        audio[channel] = level * np.sin(2 * np.pi * hz * t)
+    path = tmp_path_factory.mktemp("surround") / "5.1.mp4"
+    write_media(path, (pattern_frame(i, 48, 64) for i in range(90)), 30, audio, rate)
+    return path
+
+
+def test_surround_is_downmixed_with_the_standard_weights(surround):
+    assert probe(surround).audio.channels == 6
+    with AudioReader(surround) as reader:
+        mono = reader.read(1.0, 2.0, 16000)
+    spectrum = np.abs(np.fft.rfft(mono)) / (len(mono) / 2)  # 1 Hz bins: tone amplitudes
+    for channel, (hz, level) in SURROUND.items():
+        assert spectrum[hz] == pytest.approx(DOWNMIX[channel] * level, abs=0.003), channel
+
+
+def test_surround_downmix_is_ffmpegs_own(surround):
+    """At the source rate (nothing resampled) the samples are FFmpeg's downmix of the track."""
+    with av.open(str(surround)) as container:
+        downmix = av.AudioResampler(format="fltp", layout="mono", rate=48000)
+        frames = container.decode(container.streams.audio[0])
+        reference = np.concatenate([f.to_ndarray()[0] for x in frames for f in downmix.resample(x)])
+    with AudioReader(surround) as reader:
+        mono = reader.read(0.0, 3.0, 48000)
+        later = reader.read(1.25, 2.5, 48000)  # after a seek
+    np.testing.assert_array_equal(mono, reference[: len(mono)])
+    np.testing.assert_array_equal(later, reference[60000:120000])
+
+
 # --- broken files ------------------------------------------------------------------------------
 
 
@@ -249,6 +292,17 @@ def test_truncated_streaming_mp4_is_reported_as_truncated(good_mp4, tmp_path):
     with pytest.raises(StageError, match="truncated: data ends at") as info:
         probe(broken)
     assert info.value.where == str(broken)
+
+
+def test_audio_shorter_than_video_is_not_truncation(tmp_path):
+    """The header claims the longer stream: an audio track ending first is not a cut file."""
+    frames = (pattern_frame(i, 48, 64) for i in range(90))  # 3 s of video, 1.5 s of audio
+    path = tmp_path / "short-audio.mp4"
+    write_media(path, frames, 30, pattern_audio(1.5, 48000, []), 48000)
+    info = probe(path)
+    assert info.video.end == pytest.approx(3.0)
+    assert info.audio.end == pytest.approx(1.5, abs=0.03)
+    assert info.duration == info.audio.end  # what both streams cover
 
 
 def test_recording_without_audio(tmp_path):

@@ -5,8 +5,9 @@ The only module that touches decord or PyAV, so that swapping a backend touches 
 - `FrameReader`: RGB frames by time, resized (decord: frame-accurate seeking, resize in C);
 - `read_gray_frames`: every frame of a recording as grey, cropped to a box (PyAV: the luma plane is
   cropped before any conversion, for region features such as the lip stages');
-- `AudioReader`: mono audio by time span, resampled, or a whole track as decoded (PyAV, because
-  decord's audio reader is unmaintained and returns NaNs on stereo input);
+- `AudioReader`: mono audio by time span (surround downmixed by FFmpeg), resampled, or a whole
+  track as decoded (PyAV, because decord's audio reader is unmaintained and returns NaNs on
+  stereo input);
 - `write_media`: the one encoder (H.264 + AAC, or VP9 + Opus), deterministic;
 - for feature extraction at corpus scale: `iter_second_frames` (1 fps, short side scaled, in
   chunks of bounded memory, on `FrameReader`; `probe_frames`, `scaled_size`, `second_indices`)
@@ -85,6 +86,7 @@ class VideoInfo:
     height: int
     frames: int  # frames found by demuxing (not the header's claim)
     codec: str
+    end: float  # s, where the stream's data ends on the recording's timeline
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class AudioInfo:
     rate: int
     channels: int
     codec: str
+    end: float  # s, where the stream's data ends on the recording's timeline
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ def probe(path: str | Path) -> MediaInfo:
                 height=vs.codec_context.height,
                 frames=ends.get("frames", 0),
                 codec=vs.codec_context.name,
+                end=ends["video"],
             )
             info_audio = None
             if aus is not None:
@@ -140,6 +144,7 @@ def probe(path: str | Path) -> MediaInfo:
                     rate=aus.codec_context.sample_rate,
                     channels=aus.codec_context.channels,
                     codec=aus.codec_context.name,
+                    end=ends.get("audio", 0.0),
                 )
     except StageError:
         raise
@@ -147,13 +152,16 @@ def probe(path: str | Path) -> MediaInfo:
         raise MediaError(path, f"cannot be decoded ({exc})", "corrupt") from None
     if info_video.frames == 0 or info_video.fps <= 0:
         raise MediaError(path, "video stream has no frames", "corrupt")
-    duration = ends["video"] if aus is None else min(ends["video"], ends.get("audio", 0.0))
-    if claimed is not None and duration < claimed - 0.5:
+    # The header claims the longer stream's length: only data ending before it is truncation (an
+    # audio track that simply ends before the video is not; `duration` is what both cover).
+    data_end = max(ends["video"], ends.get("audio", 0.0))
+    if claimed is not None and data_end < claimed - 0.5:
         raise MediaError(
             path,
-            f"truncated: data ends at {duration:.2f} s, the header says {claimed:.2f} s",
+            f"truncated: data ends at {data_end:.2f} s, the header says {claimed:.2f} s",
             "corrupt",
         )
+    duration = ends["video"] if aus is None else min(ends["video"], ends.get("audio", 0.0))
     return MediaInfo(path, duration, info_video, info_audio)
 
 
@@ -448,8 +456,7 @@ class AudioReader:
         """
         count = round((end - start) * rate)
         first = max(0.0, start - AUDIO_MARGIN) + self._origin
-        source, first_index = self._decode(first, end + AUDIO_MARGIN + self._origin)
-        mono = source.mean(axis=0) if source.shape[0] > 1 else source[0]
+        mono, first_index = self._decode(first, end + AUDIO_MARGIN + self._origin)
         # Start resampling at a source sample that falls on the output grid, so that the
         # resampled block's sample 0 is grid sample `grid0` exactly (no fractional shift).
         step = self.rate // math.gcd(self.rate, rate)
@@ -486,8 +493,9 @@ class AudioReader:
         return np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
 
     def _decode(self, start: float, end: float) -> tuple[np.ndarray, int]:
-        """Planar float samples (channels, n) covering [start, end] in container time, and the
+        """Mono float samples (n,) covering [start, end] in container time (`_mono`), and the
         first one's index on the recording's timeline at the source rate."""
+        downmix = av.AudioResampler(format="fltp", layout="mono", rate=self.rate)
         tb = self._stream.time_base
         seconds = float(tb)  # float arithmetic: Fraction timestamps cost more than decoding
         try:
@@ -504,7 +512,7 @@ class AudioReader:
                 at = frame.pts * seconds
                 if first_time is None:
                     first_time = at
-                chunks.append(_planar_float(frame))
+                chunks.append(_mono(frame, downmix))
                 if at + frame.samples / self.rate >= end:
                     break
         except av.FFmpegError as exc:
@@ -518,12 +526,12 @@ class AudioReader:
             # that starts where the stream's first frame ends (that one is short by the codec's
             # priming, and so can be the first after a seek): snapping the end of the first
             # decoded frame to that grid recovers the exact sample position.
-            size = max(chunk.shape[1] for chunk in chunks[:3])
-            grid, end = self._grid_start(), first + chunks[0].shape[1]
+            size = max(len(chunk) for chunk in chunks[:3])
+            grid, end = self._grid_start(), first + len(chunks[0])
             snapped = grid + round((end - grid) / size) * size
             if abs(snapped - end) <= seconds * self.rate:
-                first = snapped - chunks[0].shape[1]
-        return np.concatenate(chunks, axis=1), first
+                first = snapped - len(chunks[0])
+        return np.concatenate(chunks), first
 
     def _grid_start(self) -> int:
         """Timeline sample index (source rate) at which the stream's first frame ends."""
@@ -547,6 +555,22 @@ class AudioReader:
         self.close()
 
 
+def _mono(frame: av.AudioFrame, downmix: av.AudioResampler) -> np.ndarray:
+    """One decoded frame as mono float32 (n,).
+
+    Mono as decoded; stereo as the mean of its two channels, as clips have always been mixed
+    (FFmpeg's stereo -> mono is (L + R) / sqrt(2) for float audio: 3 dB louder, other bytes).
+    More channels go through FFmpeg's own downmix (libswresample's matrix, what `ffmpeg -ac 1`
+    applies; for 5.1: fronts 0.707, centre 1, surrounds 0.5, LFE left out): a plain mean of six
+    channels, most of them near silent, made real 5.1 soundtracks ~15 dB too quiet. The rates are
+    equal, so the resampler only mixes: one output sample per input sample, no delay.
+    """
+    if frame.layout.nb_channels <= 2:
+        samples = _planar_float(frame)
+        return samples.mean(axis=0) if samples.shape[0] > 1 else samples[0]
+    return np.concatenate([f.to_ndarray()[0] for f in downmix.resample(frame)])
+
+
 def _planar_float(frame: av.AudioFrame) -> np.ndarray:
     """(channels, samples) float32 whatever the decoder's sample format."""
     if frame.format.name == "fltp":  # AAC, Opus, Vorbis: read the planes without copies
@@ -564,7 +588,7 @@ def read_audio(path: str | Path, rate: int) -> np.ndarray:
     """The whole first audio track as float32 mono at `rate`, downmixed and resampled by FFmpeg
     (libswresample), as the reference feature extractors do (audio_features' 16 kHz front end).
 
-    Not `AudioReader`: that one mixes channels by their mean and resamples with soxr on the
+    Not `AudioReader`: that one mixes stereo by its mean and resamples with soxr on the
     recording's own sample grid, which gives other samples; the feature stages keep FFmpeg's.
     No audio stream is a `MediaError` of kind 'no_audio', an unreadable file one of 'corrupt'.
     """
@@ -614,8 +638,8 @@ def write_media(
     bitexact mode (no version strings, no random Matroska UIDs), so the same input gives the same
     bytes. `fps` may be a Fraction (30000/1001). `gop` is the key-frame interval in frames (default
     about 1 s), which bounds the decoding a seek costs. Frames are consumed one at a time; `crf`
-    and `preset` tune x264 only; `audio_bitrate` is in bit/s (None: the encoder's default). Mono
-    and stereo audio.
+    and `preset` tune x264 only; `audio_bitrate` is in bit/s (None: the encoder's default). Mono,
+    stereo and 5.1 audio (channels FL FR FC LFE BL BR).
     """
     webm = Path(path).suffix.lower() == ".webm"
     keyint = str(gop or round(fps))
@@ -635,7 +659,7 @@ def write_media(
         sound = None
         if audio is not None:
             audio = np.asarray(audio, np.float32)
-            layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
+            layout = {1: "mono", 2: "stereo", 6: "5.1"}[audio.shape[0]]
             sound = container.add_stream(codecs[1], rate=audio_rate, layout=layout)
             if audio_bitrate is not None:
                 sound.codec_context.bit_rate = audio_bitrate

@@ -10,10 +10,11 @@ so any source rate is resampled without drift), resized to 128x128, and the audi
 as mono float32 at `audio_rate` (`stages/common/media.py`: frames by decord, audio by PyAV).
 Recordings are read by seeking, a few clips at a time, so memory does not grow with their length.
 
-Everything is checked before anything is written: the table (columns, labels, windows, recording
-names) with row numbers (1-based data rows; line N + 1 of a CSV), then every recording (decodable,
-not truncated, has audio). A broken recording stops the stage, or with `on_bad_recording: skip`
-its clips go to the failures table (`failures`) and the rest goes on.
+Everything is checked before anything is written: the table (columns, labels, times, windows,
+recording names inside the folder) naming each bad row by its CSV line (or Parquet row), then
+every recording (decodable, not truncated, has audio). A broken recording stops the stage, or with
+`on_bad_recording: skip` its clips go to the failures table (`failures`) and the rest goes on,
+unless fewer than `min_success_share` of the clips are cut: then the stage fails, writing nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Literal
 
 import numpy as np
@@ -80,6 +81,7 @@ class Params:
     size: int  # frames are resized (stretched) to size x size
     audio_rate: int
     on_bad_recording: Literal["fail", "skip"]
+    min_success_share: float  # skip mode: fail unless at least this share of the clips is cut
     workers: int  # 0 = one per core
     shard_rows: int  # clips per Parquet shard (at most); one worker writes one shard
     compression_level: int  # frames: 1.5x faster to write than level 3, 2% larger
@@ -101,34 +103,103 @@ class ClipSpec:
 # --- the events table ----------------------------------------------------------------------------
 
 
-def read_events(path: Path) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Events:
+    """The events table's rows as dicts (an empty cell is absent), and where each row is."""
+
+    columns: list[str]
+    rows: list[dict]
+    where: list[str]  # "line N" of a CSV (the header is line 1), "row N" of Parquet (1-based)
+
+
+def read_events(path: Path) -> Events:
     if not path.is_file():
         raise StageError(path, "events table not found")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        events = _read_csv(path)
+    elif suffix in (".parquet", ".pq"):
+        try:
+            table = pd.read_parquet(path)
+        except (ValueError, OSError) as exc:
+            raise StageError(path, f"cannot read the events table ({exc})") from None
+        rows = [
+            {k: v for k, v in rec.items() if not _is_nan(v)} for rec in table.to_dict("records")
+        ]
+        where = [f"row {i}" for i in range(1, len(rows) + 1)]
+        events = Events([str(c) for c in table.columns], rows, where)
+    else:
+        raise StageError(path, "events table must be .csv or .parquet")
+    if not events.rows:
+        raise StageError(path, "events table has no rows (only a header)")
+    return events
+
+
+def _read_csv(path: Path) -> Events:
+    """Read with the csv module, not pandas: it knows each record's line (quoted fields may span
+    lines, blank lines are skipped), and it keeps cells as text, so a `nan` in the table is
+    refused as a number rather than taken for an empty cell."""
+    header, rows, where = None, [], []
     try:
-        if path.suffix.lower() == ".csv":
-            return pd.read_csv(path, dtype={"recording": str, "label": str})
-        if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-    except (ValueError, OSError) as exc:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader, line = csv.reader(handle), 1
+            for record in reader:
+                first, line = line, reader.line_num + 1
+                if not record:
+                    continue
+                if header is None:
+                    header = record
+                elif len(record) > len(header):
+                    raise StageError(
+                        f"{path}: line {first}",
+                        f"{len(record)} fields, the header has {len(header)}",
+                    )
+                else:  # a short record leaves its last columns empty (zip stops early)
+                    cells = zip(header, record, strict=False)
+                    rows.append({k: v for k, v in cells if v != ""})
+                    where.append(f"line {first}")
+    except (UnicodeDecodeError, csv.Error) as exc:
         raise StageError(path, f"cannot read the events table ({exc})") from None
-    raise StageError(path, "events table must be .csv or .parquet")
+    if header is None:
+        raise StageError(path, "events table is empty (no header)")
+    return Events(header, rows, where)
 
 
-def _number(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+def _is_nan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+class _BadCell(ValueError):
+    """A cell that cannot be used; its message names the column and the value."""
+
+
+def _number(row: dict, column: str) -> float | None:
+    """The row's finite number in `column`, None if the cell is empty."""
+    value = row.get(column)
+    if value is None:
         return None
-    return number if math.isfinite(number) else None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise _BadCell(f"{column} {value!r} is not a finite number")
+    return number
 
 
-def parse_rows(table: pd.DataFrame, params: Params) -> list[ClipSpec | str]:
+def _inside(name: str) -> bool:
+    """Whether a recording name stays inside the recordings folder (the one DVC tracks)."""
+    path = PurePath(name)
+    return not path.is_absolute() and ".." not in path.parts
+
+
+def parse_rows(events: Events, params: Params) -> list[ClipSpec | str]:
     """One ClipSpec per row, or the row's problem as a string; a missing column raises.
 
     Checks what the table alone decides: names, labels, windows and durations, and that the named
     recording exists. Whether a window fits its recording needs the recording (`check_windows`).
     """
-    columns, recordings = set(table.columns), params.recordings
+    columns, recordings = set(events.columns), params.recordings
     need = {"recording", "label"}
     if not ({"time"} <= columns or {"start", "end"} <= columns):
         # Name what is closest to complete: a lone start (or end) wants its partner.
@@ -137,16 +208,24 @@ def parse_rows(table: pd.DataFrame, params: Params) -> list[ClipSpec | str]:
     if missing:
         raise StageError(
             params.events,
-            f"missing column {missing[0]!r} (has: {', '.join(map(str, table.columns))})",
+            f"missing column {missing[0]!r} (has: {', '.join(events.columns)})",
         )
     w = params.window
     out: list[ClipSpec | str] = []
-    for i, rec in enumerate(table.to_dict("records"), start=1):
+    for i, rec in enumerate(events.rows, start=1):
         name, label = rec.get("recording"), rec.get("label")
-        start, end = _number(rec.get("start")), _number(rec.get("end"))
-        at = _number(rec.get("time"))
+        try:
+            start, end, at = (_number(rec, key) for key in ("start", "end", "time"))
+        except _BadCell as exc:
+            out.append(str(exc))
+            continue
         if not isinstance(name, str) or not name.strip():
             out.append("recording is empty")
+        elif not _inside(name):
+            out.append(
+                f"recording {name!r} is outside the recordings folder {recordings} (DVC does "
+                "not track it): name a file inside it"
+            )
         elif not isinstance(label, str) or label not in params.labels:
             out.append(f"label {label!r} is not in the vocabulary {list(params.labels)}")
         elif start is None and end is None and at is None:
@@ -176,24 +255,33 @@ def check_windows(specs: list[ClipSpec | str], infos: dict[str, MediaInfo]) -> N
     """Turn rows whose window leaves its (probed) recording into problems, in place."""
     for k, spec in enumerate(specs):
         if isinstance(spec, ClipSpec) and spec.recording in infos:
-            length = infos[spec.recording].duration
-            if spec.start < 0 or spec.end > length + 1e-6:
+            info = infos[spec.recording]
+            if spec.start < 0 or spec.end > info.duration + 1e-6:
                 specs[k] = (
                     f"window {spec.start:.3f}-{spec.end:.3f} s is outside recording "
-                    f"{spec.recording!r} (0-{length:.3f} s)"
+                    f"{spec.recording!r} (0-{info.duration:.3f} s{_short_stream(info)})"
                 )
 
 
-def raise_bad_rows(specs: list[ClipSpec | str], events: Path) -> None:
-    bad = [(i, problem) for i, problem in enumerate(specs, start=1) if isinstance(problem, str)]
+def _short_stream(info: MediaInfo) -> str:
+    """Which stream ends first, when the two ends differ enough to explain a refused window."""
+    audio, video = require_audio(info).end, info.video.end
+    if abs(audio - video) < 0.1:
+        return ""
+    (first, a), (second, b) = sorted([("audio", audio), ("video", video)], key=lambda x: x[1])
+    return f": its {first} ends at {a:.3f} s, its {second} at {b:.3f} s"
+
+
+def raise_bad_rows(specs: list[ClipSpec | str], events: Events, path: Path) -> None:
+    bad = [(where, p) for where, p in zip(events.where, specs, strict=True) if isinstance(p, str)]
     if not bad:
         return
-    row, problem = bad[0]
-    more = "; ".join(f"row {r}: {p}" for r, p in bad[1 : 1 + MAX_LISTED])
+    where, problem = bad[0]
+    more = "; ".join(f"{w}: {p}" for w, p in bad[1 : 1 + MAX_LISTED])
     if more:
         rest = len(bad) - 1 - MAX_LISTED
         problem += f" (and {len(bad) - 1} more bad rows: {more}{'; ...' if rest > 0 else ''})"
-    raise StageError(f"{events}: row {row}", problem)
+    raise StageError(f"{path}: {where}", problem)
 
 
 # --- reading clips -------------------------------------------------------------------------------
@@ -387,6 +475,23 @@ def probe_all(
     return infos, broken
 
 
+def check_success(clips: int, failures: list[dict], params: Params) -> None:
+    """Refuse a run that cut none of the clips, or fewer than `min_success_share` of them (skip
+    mode): a corpus gone bad must not replace a good dataset with an empty or partial one."""
+    cut = clips - len(failures)
+    if cut > 0 and cut >= params.min_success_share * clips - 1e-9:
+        return
+    first = min(failures, key=lambda f: f["row"])
+    broken = sorted({f["recording"] for f in failures})
+    names = ", ".join(broken[:MAX_LISTED]) + (", ..." if len(broken) > MAX_LISTED else "")
+    raise StageError(
+        params.recordings,
+        f"{len(failures)} of {clips} clips failed, from {len(broken)} broken recordings "
+        f"({names}); gameplay_clips.min_success_share is {params.min_success_share:g}. "
+        f"First failure: {first['error']}",
+    )
+
+
 def validate_params(p: Params) -> None:
     w = p.window
     if not 0 < w.min_duration <= w.duration <= w.max_duration:
@@ -395,6 +500,8 @@ def validate_params(p: Params) -> None:
         raise StageError(
             "params.yaml: gameplay_clips", "fps, size, shard_rows > 0, audio_rate >= 1000"
         )
+    if not 0 < p.min_success_share <= 1:
+        raise StageError("params.yaml: gameplay_clips.min_success_share", "must be in (0, 1]")
     if len(set(p.labels)) != len(p.labels) or not p.labels:
         raise StageError("params.yaml: gameplay_clips.labels", "must be a non-empty list of names")
     if not p.recordings.is_dir():
@@ -404,9 +511,9 @@ def validate_params(p: Params) -> None:
 def build(params: Params) -> Outcome:
     """Validate everything, then write the clip dataset to `params.out` atomically."""
     validate_params(params)
-    table = read_events(params.events)
-    specs = parse_rows(table, params)
-    raise_bad_rows(specs, params.events)
+    events = read_events(params.events)
+    specs = parse_rows(events, params)
+    raise_bad_rows(specs, events, params.events)
     names = sorted({s.recording for s in specs if isinstance(s, ClipSpec)})
     # One pool probes the recordings, then writes the shards: at most this many jobs at once.
     jobs_at_most = max(len(names), math.ceil(len(specs) / params.shard_rows))
@@ -414,12 +521,13 @@ def build(params: Params) -> Outcome:
     with worker_pool(workers) as pool:
         infos, broken = probe_all(names, params, pool)
         check_windows(specs, infos)
-        raise_bad_rows(specs, params.events)
+        raise_bad_rows(specs, events, params.events)
         clips = sorted(
             (s for s in specs if isinstance(s, ClipSpec)),
             key=lambda s: (s.recording, s.start, s.row),
         )
         failures = [_failure(c, broken[c.recording]) for c in clips if c.recording in broken]
+        check_success(len(clips), failures, params)  # before any work when probing decides it
         todo = [c for c in clips if c.recording not in broken]
         max_frames = max((clip_frame_count(c.duration, params.fps) for c in todo), default=1)
         max_samples = max((round(c.duration * params.audio_rate) for c in todo), default=1)
@@ -444,7 +552,8 @@ def build(params: Params) -> Outcome:
                     _merge(total, result)
             finally:
                 results.close()  # on failure, the workers stop before the temporary output goes
-    failures += total.failures
+            failures += total.failures
+            check_success(len(clips), failures, params)  # raising here publishes nothing
     stats = {
         "clips": total.rows,
         "clips_per_label": total.per_label,
