@@ -265,6 +265,15 @@ def test_surround_downmix_is_ffmpegs_own(surround):
     np.testing.assert_array_equal(later, reference[60000:120000])
 
 
+def test_whole_surround_track_is_ffmpegs_mono_downmix(surround):
+    """mel_cepstrum reads whole tracks: surround comes mixed as the clips' audio, not averaged."""
+    with AudioReader(surround) as reader:
+        track = reader.track()
+        mono = reader.read(0.0, 3.0, reader.rate)
+    assert track.shape[0] == 1
+    np.testing.assert_array_equal(track[0, : len(mono)], mono)
+
+
 # --- broken files ------------------------------------------------------------------------------
 
 

@@ -471,7 +471,8 @@ class AudioReader:
         return out
 
     def track(self) -> np.ndarray:
-        """The whole track as float32 (channels, n) at `rate`: every channel, nothing resampled.
+        """The whole track as float32 (channels, n) at `rate`, nothing resampled: mono and stereo
+        as they are, more channels as FFmpeg's mono downmix (as `_mono` does).
 
         For stages that mix and resample with their own filter (mel_cepstrum: soxr VHQ). Starts
         at the track's first sample (FFmpeg drops the codec's priming), not at the video's time 0.
@@ -479,6 +480,8 @@ class AudioReader:
         """
         self._open()  # from the start, as a fresh decoder
         layout = self._stream.codec_context.layout
+        if layout.nb_channels > 2:  # a mean of 5.1's channels, mostly silent, is ~15 dB too quiet
+            layout = "mono"
         # Planar float at the track's own rate and layout: a pass-through for AAC, Opus, Vorbis.
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=self.rate)
         chunks = []
