@@ -116,6 +116,12 @@ class SampleSchema:
         return pa.Table.from_arrays(arrays, schema=self.arrow())
 
 
+def check_compression_level(level: int, key: str) -> None:
+    """zstd has levels 1 to 22: anything else is a params typo (1e9 made pyarrow hang)."""
+    if not 1 <= level <= 22:
+        raise StageError(f"params.yaml: {key}", f"zstd levels are 1 to 22, got {level}")
+
+
 class ShardFile:
     """One shard, written row group by row group so memory stays at one batch.
 

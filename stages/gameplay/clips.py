@@ -493,6 +493,7 @@ def check_success(clips: int, failures: list[dict], params: Params) -> None:
 
 
 def validate_params(p: Params) -> None:
+    dataset.check_compression_level(p.compression_level, "gameplay_clips.compression_level")
     w = p.window
     if not 0 < w.min_duration <= w.duration <= w.max_duration:
         raise StageError("params.yaml: gameplay_clips.window", "need 0 < min <= duration <= max")

@@ -85,6 +85,8 @@ def validate(p: Params) -> None:
         raise StageError(f"{where}.pca.components", f"must be in 1..dct.keep ({p.dct.keep})")
     if p.pca.variance is not None and not 0 < p.pca.variance <= 1:
         raise StageError(f"{where}.pca.variance", "must be in (0, 1]")
+    if p.preview_frames < 1:
+        raise StageError(f"{where}.preview_frames", "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -336,6 +336,9 @@ def build(params: Params, out: Path) -> tuple[dict, dict]:
         raise StageError("params.yaml: motionmnist.max_angle", "must be in (0, 360]")
     if not 0 <= params.test_fraction <= 1:
         raise StageError("params.yaml: motionmnist.test_fraction", "must be in [0, 1]")
+    if not params.jitter >= 0:
+        raise StageError("params.yaml: motionmnist.jitter", "must be >= 0 px")
+    dataset.check_compression_level(params.compression_level, "motionmnist.compression_level")
     n = len(digits.images)
     test = assign_splits(params.seed, n, params.test_fraction)
     started = time.perf_counter()
