@@ -8,6 +8,7 @@ files, and a shard already complete (same fingerprint) is skipped by either.
     python -m flows.features                              # temporary local cluster, 2 workers
     python -m flows.features --address tcp://sched:8786   # an existing Dask cluster
     python -m flows.features --workers 8 --gpus-per-worker 1 --stages video_features
+    python -m flows.features --dashboard                  # Dask dashboard on 127.0.0.1:8787
 
 With `--gpus-per-worker N`, local workers advertise N "GPU" Dask resources and each video shard
 asks for one, so Dask runs at most one video shard per GPU; on an existing cluster start workers
@@ -70,11 +71,27 @@ def features_flow(
     return results
 
 
-def task_runner(address: str | None, workers: int, gpus_per_worker: int) -> DaskTaskRunner:
-    """An existing cluster by address, else a temporary LocalCluster of worker processes."""
+def task_runner(
+    address: str | None, workers: int, gpus_per_worker: int, dashboard: int | None = None
+) -> DaskTaskRunner:
+    """An existing cluster by address, else a temporary LocalCluster of worker processes.
+
+    The local cluster listens on loopback only, and has no dashboard unless `dashboard` names a
+    port: LocalCluster's default dashboard binds 0.0.0.0:8787, unauthenticated, for anyone who
+    can reach the machine. Loopback is no user boundary on a shared machine, and whoever reaches
+    a Dask scheduler runs code on its workers, so its connections are mutual TLS with temporary
+    credentials that only this process and its workers hold (`security=True`).
+    """
     if address:
         return DaskTaskRunner(address=address)
-    cluster: dict[str, Any] = {"n_workers": workers, "threads_per_worker": 1, "processes": True}
+    cluster: dict[str, Any] = {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "host": "127.0.0.1",
+        "security": True,
+        "dashboard_address": None if dashboard is None else f"127.0.0.1:{dashboard}",
+    }
     if gpus_per_worker:
         cluster["resources"] = {"GPU": gpus_per_worker}
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster)
@@ -86,11 +103,12 @@ def run(
     address: str | None = None,
     workers: int = 2,
     gpus_per_worker: int = 0,
+    dashboard: int | None = None,
 ) -> dict[str, dict]:
     # Worker processes may start their own (the video stage's decode workers); Dask's default
     # daemonic workers may not, and the stage would fall back to decoding in-process.
     dask.config.set({"distributed.worker.daemon": False})
-    runner = task_runner(address, workers, gpus_per_worker)
+    runner = task_runner(address, workers, gpus_per_worker, dashboard)
     return features_flow.with_options(task_runner=runner)(
         stages=list(stages or STAGES),
         params_file=params_file,
@@ -105,9 +123,13 @@ def main() -> None:
     parser.add_argument("--address", help="scheduler of an existing Dask cluster")
     parser.add_argument("--workers", type=int, default=2, help="local cluster worker processes")
     parser.add_argument("--gpus-per-worker", type=int, default=0, help="GPU resources per worker")
+    parser.add_argument(
+        "--dashboard", type=int, nargs="?", const=8787, metavar="PORT",
+        help="serve the local cluster's Dask dashboard on 127.0.0.1:PORT (8787); default: none",
+    )  # fmt: skip
     args = parser.parse_args()
     for stage, stats in run(
-        args.stages, args.params, args.address, args.workers, args.gpus_per_worker
+        args.stages, args.params, args.address, args.workers, args.gpus_per_worker, args.dashboard
     ).items():
         print(
             f"{stage}: {stats['rows']} rows, {stats['shards_skipped']}/{stats['shards']} "

@@ -8,19 +8,28 @@
 Schedules need a persistent server (the temporary per-process one cannot run them), so `start`
 launches `prefect server start` (SQLite in PREFECT_HOME), waits for `prefect server status --wait`,
 then launches `serve`, which registers every deployment of the config with its cron (or interval)
-schedule and runs their flow runs as they come due. Both pids are kept in PREFECT_HOME (the server's
-in Prefect's own `server.pid`) and everything we start carries a marker in its environment, so
-`stop` ends exactly our processes (flow runs included) and nothing else. Why not Prefect's
-`--background` and `stop`: see "processes" below.
+schedule and runs their flow runs as they come due. Both pids are kept in PREFECT_HOME (the
+server's in Prefect's own `server.pid`) and everything we start carries a marker in its
+environment, so `stop` ends exactly our processes (flow runs included) and nothing else. Why not
+Prefect's `--background` and `stop`: see "processes" below.
+
+Whoever reaches the API can create flow runs, and loopback is no user boundary on a shared
+machine, so the server requires HTTP basic auth with a secret kept in PREFECT_HOME (`auth_string`),
+and a served deployment takes no run parameters: its workspace, targets and flags are bound from
+the config (the workspace's dvc.yaml is the code a run executes).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
 import contextlib
 import json
 import os
+import secrets
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -29,15 +38,19 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from stages.common.errors import StageError
 from stages.common.params import from_mapping, load_yaml
+
+if TYPE_CHECKING:
+    from prefect import Flow
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "flows" / "schedule.yaml"
 STOP_GRACE_S = 20.0
 MARKER = "MMPIPE_SCHEDULER_HOME"  # inherited by everything we start, and only by that
+AUTH_ENV = "PREFECT_API_AUTH_STRING"  # the client's basic-auth 'user:password' (Prefect's name)
 
 
 @dataclass(frozen=True)
@@ -97,9 +110,28 @@ def load_config(path: Path, root: Path = REPO) -> Config:
     return Config(path.resolve(), root, server, tuple(deployments))
 
 
-def environment(config: Config) -> dict[str, str]:
-    """The environment of all we start: one PREFECT_HOME, one API, localhost by default."""
+def auth_string(config: Config) -> str:
+    """The API's basic-auth 'user:password': the user's PREFECT_API_AUTH_STRING, else the file
+    PREFECT_HOME/auth_string (made on first use: random, owner-only; delete it to rotate)."""
+    if given := os.environ.get(AUTH_ENV):
+        return given
+    path = config.home / "auth_string"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            raise StageError(path, "readable by other users: chmod 600 it, or delete it") from None
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as out:
+        out.write(f"scheduler:{secrets.token_urlsafe(32)}\n")
+    return path.read_text().strip()
+
+
+def environment(config: Config, auth: str | None = None) -> dict[str, str]:
+    """The environment of all we start: one PREFECT_HOME, one API, localhost by default; with
+    `auth`, the server requires it and our clients send it."""
     s = config.server
+    secret = {"PREFECT_SERVER_API_AUTH_STRING": auth, AUTH_ENV: auth} if auth else {}
     return {
         **os.environ,
         "PREFECT_HOME": str(config.home),
@@ -109,6 +141,7 @@ def environment(config: Config) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         MARKER: str(config.home),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        **secret,
     }
 
 
@@ -154,10 +187,10 @@ def all_ours(config: Config) -> list[int]:
     return [pid for pid in pids if pid != os.getpid() and ours(config, pid)]
 
 
-def launch(config: Config, name: str, args: list[str]) -> subprocess.Popen:
+def launch(config: Config, name: str, args: list[str], auth: str) -> subprocess.Popen:
     log = open(config.home / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it open)
     process = subprocess.Popen(
-        args, cwd=REPO, env=environment(config), stdin=subprocess.DEVNULL, stdout=log,
+        args, cwd=REPO, env=environment(config, auth), stdin=subprocess.DEVNULL, stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True,  # out of the caller's terminal signals
     )  # fmt: skip
     log.close()
@@ -227,15 +260,15 @@ def start(config: Config) -> None:
         raise StageError(config.home, "the scheduler is already running (stop it first)")
     for name in ("server", "serve"):  # stale ones: Prefect takes a server.pid for its own
         pid_file(config, name).unlink(missing_ok=True)
-    s, started = config.server, time.monotonic()
+    s, started, auth = config.server, time.monotonic(), auth_string(config)
     args = prefect("server", "start", "--host", s.host, "--port", str(s.port))
-    server = launch(config, "server", args)
+    server = launch(config, "server", args, auth)
     try:
         wait_healthy(config, server)
         print(f"server up in {time.monotonic() - started:.1f} s: {config.api_url[:-4]}")
         args = [sys.executable, "-m", "flows.scheduler", "serve", "--config", str(config.file)]
-        serve = launch(config, "serve", args)
-        wait_until(lambda: deployments_ready(config),
+        serve = launch(config, "serve", args, auth)
+        wait_until(lambda: deployments_ready(config, auth),
                    "registering the deployments", config, "serve", serve)  # fmt: skip
     except BaseException:
         stop(config)  # finds them by their marker
@@ -267,10 +300,10 @@ def wait_healthy(config: Config, server: subprocess.Popen) -> None:
         )
 
 
-def deployments_ready(config: Config) -> bool:
+def deployments_ready(config: Config, auth: str) -> bool:
     request = urllib.request.Request(
         f"{config.api_url}/deployments/filter", data=b"{}", method="POST",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": basic_auth(auth)},
     )  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
@@ -278,6 +311,10 @@ def deployments_ready(config: Config) -> bool:
     except (urllib.error.URLError, OSError, ValueError):
         return False
     return {d.name for d in config.deployments} <= names
+
+
+def basic_auth(auth: str) -> str:
+    return "Basic " + base64.b64encode(auth.encode()).decode()
 
 
 def stop(config: Config) -> None:
@@ -306,29 +343,51 @@ def status(config: Config) -> bool:
     return all(up.values()) and api.returncode == 0
 
 
-def serve(config: Config) -> None:
-    """Register the deployments and run their scheduled flow runs (blocks until stopped)."""
-    from prefect import serve as prefect_serve
-    from prefect.schedules import Cron, Interval
+def bound_flow(config: Config, d: Deployment) -> Flow:
+    """`d`'s flow with no parameters: its workspace, targets and flags are fixed from the config.
+
+    Whoever can create a flow run could otherwise choose the workspace (whose dvc.yaml is the code
+    that runs), targets (another project's dvc.yaml, a dvc option) or `commit`. A run given any
+    parameter fails before the flow starts: Prefect refuses parameters the function lacks.
+    """
+    from prefect import Flow
 
     from flows.reproduce import reproduce
     from flows.retrain import retrain
 
-    flows = {"reproduce": reproduce, "retrain": retrain}
-    deployments = []
+    run = {"reproduce": reproduce, "retrain": retrain}[d.flow]
+    settings = {
+        "workspace": str((config.root / d.workspace).resolve()),
+        "targets": list(d.targets),
+        "force": d.force,
+    }
+    if d.flow == "retrain":
+        settings["commit"] = d.commit
+
+    def scheduled() -> dict:
+        return run.fn(**settings)
+
+    description = f"{run.description} Bound by {config.file}: {json.dumps(settings)}"
+    return Flow(scheduled, name=run.name, description=description)
+
+
+def serve(config: Config) -> None:
+    """Register the deployments and run their scheduled flow runs (blocks until stopped).
+
+    Each flow is added to the runner as an object (`add_flow`, as `Flow.serve` does), so its runs
+    execute the bound closure; `prefect.serve` would re-import it from its entrypoint instead.
+    """
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+    from prefect.schedules import Cron, Interval
+
+    runner = Runner(name="scheduler")
     for d in config.deployments:
         schedule = Cron(d.cron, timezone=d.timezone) if d.cron else Interval(d.interval)
-        parameters = {
-            "workspace": str((config.root / d.workspace).resolve()),
-            "targets": list(d.targets),
-            "force": d.force,
-        }
-        if d.flow == "retrain":
-            parameters["commit"] = d.commit
-        deployments.append(
-            flows[d.flow].to_deployment(name=d.name, schedules=[schedule], parameters=parameters)
-        )
-    prefect_serve(*deployments)
+        runner.add_flow(bound_flow(config, d), name=d.name, schedules=[schedule])
+        print(f"serving {d.flow}/{d.name}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
+        asyncio.run(runner.start())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,16 @@ def test_slug_is_a_valid_artifact_key_and_unique_per_path(tmp_path: Path) -> Non
     assert all(c.islower() or c.isdigit() or c == "-" for c in slug(a))
 
 
+def test_the_features_cluster_has_no_public_dashboard_and_needs_its_credentials() -> None:
+    from flows.features import task_runner
+
+    quiet = task_runner(None, workers=2, gpus_per_worker=0).cluster_kwargs
+    assert quiet["dashboard_address"] is None  # LocalCluster's default: ':8787', every interface
+    assert quiet["host"] == "127.0.0.1" and quiet["security"] is True  # mutual TLS, temporary
+    asked = task_runner(None, workers=2, gpus_per_worker=0, dashboard=8790).cluster_kwargs
+    assert asked == {**quiet, "dashboard_address": "127.0.0.1:8790"}
+
+
 def test_only_stage_errors_are_not_retried() -> None:
     def state(exc: BaseException | None) -> SimpleNamespace:
         def result() -> None:

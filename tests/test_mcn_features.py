@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -178,12 +182,51 @@ def test_corpora_must_lie_inside_the_source_folder(tmp_path):
         check_source(tmp_path / "raw", (outside,), "video_features")
 
 
-def test_text_features_refuse_pickled_vectors(tmp_path):
+class _WritesMarker:
+    """Unpickling this creates `marker`: what a hostile gensim `.save` file could do instead."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_pickled_vectors_file_is_refused_and_never_unpickled(tmp_path):
     from stages.mcn import text_features
 
-    (tmp_path / "vectors.kv").write_bytes(b"")
-    params = text_features.Params(
-        tmp_path, (), tmp_path / "vectors.kv", 1, tmp_path / "o", tmp_path / "m", tmp_path / "s"
+    ran = tmp_path / "ran"
+    hostile = pickle.dumps(_WritesMarker(ran))
+    pickle.loads(hostile).close()  # the payload is live: loading it writes the marker
+    assert ran.is_file()
+    ran.unlink()
+    # Through the stage's CLI: one line, exit 2, before any vectors are read or output written.
+    (tmp_path / "vectors.kv").write_bytes(hostile)
+    (tmp_path / "params.yaml").write_text(
+        "text_features: {source: ., corpora: [], word2vec: vectors.kv, videos_per_shard: 1,"
+        " out: out, metrics: m.json, stats: s.json}\n"
     )
-    with pytest.raises(StageError, match="expected word2vec vectors"):
-        text_features.prepare(params)
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.mcn.text_features"],
+        cwd=tmp_path,
+        env={**os.environ, "STAGES_RUN_LOG": str(tmp_path / "logs")},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "text_features: error: vectors.kv: expected word2vec vectors: "
+        ".bin, .bin.gz, .txt, .txt.gz, .vec\n"
+    )
+    # Named like word2vec's formats, the bytes are parsed as word2vec, never unpickled.
+    for name in ("vectors.kv", "vectors.bin", "vectors.txt"):
+        (tmp_path / name).write_bytes(hostile)
+        with pytest.raises(StageError, match="cannot read word vectors"):
+            text_features.load_vectors(str(tmp_path / name))
+    assert not ran.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "params.yaml",
+        "vectors.bin",
+        "vectors.kv",
+        "vectors.txt",
+    ]

@@ -6,11 +6,14 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,23 +69,67 @@ def test_bad_config_names_the_entry(tmp_path: Path, entry: str, where: str) -> N
     assert err.value.where.startswith(f"{path}: {where}")
 
 
+def test_the_api_secret_is_random_owner_only_kept_or_the_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(scheduler.AUTH_ENV, raising=False)
+    configs = []
+    for name in ("a", "b"):
+        text = CONFIG.format(port=4200, home=tmp_path / name, workspace=tmp_path)
+        configs.append(scheduler.load_config(write(tmp_path / f"{name}.yaml", text)))
+        configs[-1].home.mkdir()
+    first = scheduler.auth_string(configs[0])
+    path = configs[0].home / "auth_string"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert first.startswith("scheduler:") and len(first) > 40
+    assert scheduler.auth_string(configs[0]) == first  # kept: a restart keeps the UI's login
+    assert scheduler.auth_string(configs[1]) != first
+    path.chmod(0o644)
+    with pytest.raises(StageError, match="readable by other users"):
+        scheduler.auth_string(configs[0])
+    monkeypatch.setenv(scheduler.AUTH_ENV, "me:mine")
+    assert scheduler.auth_string(configs[0]) == "me:mine"
+    env = scheduler.environment(configs[0], "me:mine")
+    assert env["PREFECT_SERVER_API_AUTH_STRING"] == env[scheduler.AUTH_ENV] == "me:mine"
+
+
+def test_served_flows_take_no_parameters(tmp_path: Path) -> None:
+    from prefect.exceptions import SignatureMismatchError
+
+    config = scheduler.load_config(scheduler.CONFIG)
+    for d in config.deployments:
+        flow = scheduler.bound_flow(config, d)
+        assert flow.name == d.flow
+        assert flow.parameters.properties == {}
+        with pytest.raises(SignatureMismatchError):
+            flow.validate_parameters({"workspace": str(tmp_path)})
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def api(port: int, route: str, body: dict) -> list[dict]:
-    """POST a filter to the server; an empty answer while a busy server is slow to reply."""
+def post(port: int, route: str, body: dict, auth: str | None) -> Any:
+    """POST `body` to the server's API, with basic auth `auth` (None: unauthenticated)."""
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        headers["Authorization"] = scheduler.basic_auth(auth)
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/api/{route}",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers=headers,
         method="POST",
     )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def api(port: int, route: str, body: dict, auth: str) -> list[dict]:
+    """POST a filter to the server; an empty answer while a busy server is slow to reply."""
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
+        return post(port, route, body, auth)
     except OSError:  # URLError and timeouts; the loop asks again until its deadline
         return []
 
@@ -125,10 +172,11 @@ LOOPBACK = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1 and ::1
 def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> None:
     workspace = build_toy(tmp_path / "toy")
     (workspace / "raw/a.txt").write_text("changed\n")
+    other = build_toy(tmp_path / "other", reproduce=False)  # a pipeline no deployment names
     home, port = tmp_path / "prefect", free_port()
     config = write(tmp_path / "s.yaml", CONFIG.format(port=port, home=home, workspace=workspace))
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != scheduler.AUTH_ENV},  # make a secret
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",  # schedule within seconds
         "PREFECT_RUNNER_POLL_FREQUENCY": "2",
     }
@@ -147,14 +195,40 @@ def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> 
         assert (home / "server.pid").read_text().strip() in state.stdout  # Prefect's pid file
         listening = listening_addresses(our_processes(home))
         assert listening and listening <= LOOPBACK, f"listening beyond localhost: {listening}"
-        deadline, runs, reproduced, completed = time.monotonic() + 300, [], [], set()
-        while time.monotonic() < deadline and not (reproduced and completed):
+        secret = home / "auth_string"
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        auth = secret.read_text().strip()
+        (deployment,) = post(port, "deployments/filter", {}, auth)
+        assert deployment["parameters"] == {}
+        assert deployment["parameter_openapi_schema"]["properties"] == {}
+        # The issue's attack: a run of the served flow in another directory, forced.
+        create = f"deployments/{deployment['id']}/create_flow_run"
+        hostile = {"parameters": {"workspace": str(other), "targets": [], "force": True}}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post(port, create, hostile, None)
+        assert refused.value.code == 401
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post(port, create, hostile, "scheduler:wrong")
+        assert refused.value.code == 401
+        # Even with the secret, the run ends before the flow starts: it takes no parameters.
+        hostile_run = post(port, create, hostile, auth)["id"]
+        deadline, runs, reproduced, completed, hostile_end = (
+            time.monotonic() + 300,
+            [],
+            [],
+            set(),
+            [],
+        )
+        while time.monotonic() < deadline and not (reproduced and completed and hostile_end):
             time.sleep(3)
-            runs = api(port, "flow_runs/filter", {})
+            runs = api(port, "flow_runs/filter", {}, auth)
+            hostile_end = [
+                r["state_type"] for r in runs if r["id"] == hostile_run and r["end_time"]
+            ]
             completed = {
                 r["id"] for r in runs if r["state_type"] == "COMPLETED" and r["auto_scheduled"]
             }
-            found = api(port, "artifacts/filter", {"artifacts": {"key": {"any_": [key]}}})
+            found = api(port, "artifacts/filter", {"artifacts": {"key": {"any_": [key]}}}, auth)
             reproduced = [
                 a
                 for a in found
@@ -163,6 +237,11 @@ def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> 
             ]
         assert completed, f"no scheduled run finished; states: {[r['state_type'] for r in runs]}"
         assert reproduced, "no scheduled run published the artifact of the reproduction"
+        assert hostile_end == ["CRASHED"], f"the run given a workspace ended {hostile_end}"
+        assert (  # the runner's engine, before the flow's code: the run took no parameters
+            "SignatureMismatchError: Function expects parameters [] but was provided with "
+            "parameters ['workspace', 'targets', 'force']"
+        ) in (home / "serve.log").read_text()
     finally:
         stopped = scheduler_cli("stop")
     assert stopped.returncode == 0, stopped.stderr
@@ -170,6 +249,7 @@ def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> 
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the server still listens"
     assert json.loads(dvc(workspace, "status", "--json") or "{}") == {}
+    assert not (other / "data").exists() and not (other / "dvc.lock").exists()  # never ran there
 
 
 @pytest.mark.slow
