@@ -172,7 +172,16 @@ def check_against_pysptk(results: list[Result], a: Analysis, count: int) -> dict
             samples, rate = read_audio(r.entry.path)
             frames = frames_of(speech_at(samples, rate, a.sample_rate, r.entry.path), a)
             for k in local:
-                reference = pysptk.sptk.mcep(frames[k], order=a.order, alpha=a.alpha, **a.solver)
+                try:
+                    reference = pysptk.sptk.mcep(
+                        frames[k], order=a.order, alpha=a.alpha, **a.solver
+                    )
+                except RuntimeError as exc:  # SPTK gives up where our solver flagged nothing
+                    raise StageError(
+                        f"{r.entry.path}: frame {k}",
+                        f"pysptk.sptk.mcep failed with these analysis settings ({exc}); "
+                        "check min_det, eps and etype",
+                    ) from None
                 picked.append((r.mcep[k], reference))
     ours, reference = (np.array(x) for x in zip(*picked, strict=True))
     distortion = mcd_frames(ours, reference)
@@ -199,8 +208,8 @@ def preview(path: Path, result: Result, a: Analysis) -> None:
 def check_analysis(a: Analysis) -> None:
     """Every analysis setting in its range, named by its key, before any audio is decoded."""
     rules = {
-        "sample_rate": (a.sample_rate >= 1000, "must be >= 1000 Hz"),
-        "nfft": (a.nfft >= 16, "must be >= 16"),
+        "sample_rate": (1000 <= a.sample_rate <= 192_000, "must be 1000 to 192000 Hz"),
+        "nfft": (16 <= a.nfft <= 65_536, "must be 16 to 65536"),
         "frame_length": (0 < a.frame_length <= a.nfft, "must be in (0, nfft]"),
         "hop": (a.hop > 0, "must be > 0"),
         "order": (0 < a.order < a.nfft // 2, "must be in (0, nfft / 2)"),
@@ -221,6 +230,8 @@ def main(params: Params) -> dict:
     """Mel-cepstra of every utterance's speech, at 12 kHz, 5 ms frames, checked against pysptk."""
     a = params.analysis
     check_analysis(a)
+    if params.check_frames < 0:
+        raise StageError("params.yaml: mel_cepstrum.check_frames", "must be >= 0 (0 = no check)")
     try:
         melcep.operators(a.order, a.alpha, a.nfft)
         melcep.periodogram(np.zeros((1, a.nfft)), a.etype, a.eps)
