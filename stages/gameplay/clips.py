@@ -497,10 +497,15 @@ def validate_params(p: Params) -> None:
     w = p.window
     if not 0 < w.min_duration <= w.duration <= w.max_duration:
         raise StageError("params.yaml: gameplay_clips.window", "need 0 < min <= duration <= max")
-    if p.fps <= 0 or p.size <= 0 or p.audio_rate < 1000 or p.shard_rows <= 0:
-        raise StageError(
-            "params.yaml: gameplay_clips", "fps, size, shard_rows > 0, audio_rate >= 1000"
-        )
+    ranges = {  # beyond these a value is a typo (1e9 overflowed deep inside the decoder)
+        "fps": (p.fps, 1, 240),
+        "size": (p.size, 16, 4096),
+        "audio_rate": (p.audio_rate, 1000, 192_000),
+        "shard_rows": (p.shard_rows, 1, 100_000),
+    }
+    for key, (value, low, high) in ranges.items():
+        if not low <= value <= high:
+            raise StageError(f"params.yaml: gameplay_clips.{key}", f"must be {low} to {high}")
     if not 0 < p.min_success_share <= 1:
         raise StageError("params.yaml: gameplay_clips.min_success_share", "must be in (0, 1]")
     if len(set(p.labels)) != len(p.labels) or not p.labels:
