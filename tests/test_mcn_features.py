@@ -7,6 +7,8 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
+from subprocess import PIPE
 
 import numpy as np
 import pyarrow as pa
@@ -103,19 +105,51 @@ def test_caption_matrix_drops_unknown_words_and_keeps_twenty():
 
 
 @pytest.mark.parametrize(
-    ("rows", "where"),
+    ("rows", "message"),
     [
-        ("video,start,end,caption\nv1,0,2,hi\nv2,x,3,yo\n", "row 1: start"),
-        ("video,start,end,caption\nv1,3,2,hi\n", "row 0: end"),
-        ("video,start,end,caption\nv1,-1,2,hi\n", "row 0: start"),
-        ("video,start,caption\nv1,0,hi\n", "lacks columns ['end']"),
+        ("video,start,end,caption\nv1,0,2,hi\nv2,x,3,yo\n", "line 3: start: not a finite"),
+        ("video,start,end,caption\nv1,3,2,hi\n", "line 2: end: end before start"),
+        ("video,start,end,caption\nv1,-1,2,hi\n", "line 2: start: not a finite time >= 0: '-1'"),
+        ("video,start,end,caption\nv1,0,inf,hi\n", "line 2: end: not a finite time >= 0: 'inf'"),
+        ("video,start,end,caption\nv1,0,nan,hi\n", "line 2: end: not a finite"),
+        ("video,start,end,caption\n\nv1,0,1,hi\n,0,1,yo\n", "line 4: video: empty video id"),
+        ('video,start,end,caption\nv1,0,1,"two\nlines"\nv1,x,1,hi\n', "line 4: start"),
+        ("video,start,end,caption\nv1,0,1,hi\nv1,0,1,a,b\n", "line 3: 5 fields where the"),
+        ("video,start,end,caption\nv1,0,1,hi\nv1,0,1\n", "line 3: 3 fields where the"),
+        ("video,start,caption\nv1,0,hi\n", "clip table lacks columns ['end']"),
+        ("video,start,end,end\nv1,0,1,2\n", "line 1: repeated column names ['end']"),
+        (b"video,start,end,caption\nv1,0,1,\xff\n", "not UTF-8 text"),
     ],
 )
-def test_clip_table_errors_name_row_and_field(tmp_path, rows, where):
+def test_clip_table_errors_name_the_line_and_field(tmp_path, rows, message):
+    """CSV rows are named by the file's line (header = line 1); a ragged row is refused."""
     path = tmp_path / "clips.csv"
-    path.write_text(rows)
-    with pytest.raises(StageError, match=where.replace("[", r"\[").replace("]", r"\]")):
+    path.write_bytes(rows if isinstance(rows, bytes) else rows.encode())
+    with pytest.raises(StageError) as error:
         read_clip_table(path)
+    assert str(error.value).startswith(f"{path}: {message}")
+
+
+def test_parquet_clip_table_rows_are_numbered_from_one(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "clips.parquet"
+    pd.DataFrame(
+        {"video": ["a", "b"], "start": [0.0, 1.0], "end": [1.0, float("inf")], "caption": ["", ""]}
+    ).to_parquet(path)
+    with pytest.raises(StageError, match=r"clips\.parquet: row 2: end: not a finite time"):
+        read_clip_table(path)
+    path.write_text("not parquet")
+    with pytest.raises(StageError, match="cannot read the clip table"):
+        read_clip_table(path)
+
+
+def test_a_csv_clip_table_reads_like_before(tmp_path):
+    path = tmp_path / "clips.csv"
+    path.write_text('video,start,end,caption\n007,0.1,2.5,"a, b"\n\nx,3,4,\n')
+    table = read_clip_table(path)
+    assert table["video"].tolist() == ["007", "x"] and table["caption"].tolist() == ["a, b", ""]
+    assert table["start"].tolist() == [0.1, 3.0] and table["end"].dtype == np.float64
 
 
 SCHEMA = dataset.SampleSchema("t", "test", (dataset.Column("x", pa.int64(), "x"),))
@@ -135,25 +169,50 @@ def test_a_shard_is_complete_only_with_its_fingerprint_and_files(tmp_path):
     assert stored["weights"] == "random seed 1" and "seconds" not in stored
 
 
-def test_remove_stale_keeps_only_planned_shards(tmp_path):
-    for key in ("c-00000", "c-00001"):
-        shards.write_shard(tmp_path, key, "f", {"t": (SCHEMA, {"x": [1]})}, {})
-    (tmp_path / "t" / ".part-c-00000.parquet.9.tmp").write_bytes(b"")
-    removed = shards.remove_stale(tmp_path, ["c-00000"])
-    assert sorted(p.rsplit("/", 1)[1] for p in removed) == [
-        ".part-c-00000.parquet.9.tmp",
-        "part-c-00001.json",
-        "part-c-00001.parquet",
+def test_remove_stale_keeps_exactly_what_the_manifests_list(tmp_path):
+    kept = shards.write_shard(tmp_path, "c-00000", "f", {"t": (SCHEMA, {"x": [1]})}, {})
+    old = {"t": (SCHEMA, {"x": [1]}), "windows-1000": (SCHEMA, {"x": [2]})}
+    shards.write_shard(tmp_path, "c-00001", "f", old, {})  # a shard of an older plan
+    (tmp_path / "embeddings").mkdir()
+    (tmp_path / "embeddings" / "part-c-00000.parquet").write_bytes(b"")  # a table not made now
+    removed = shards.remove_stale(tmp_path, [kept])
+    assert sorted(Path(p).relative_to(tmp_path).as_posix() for p in removed) == [
+        "done/part-c-00001.json",
+        "embeddings",
+        "embeddings/part-c-00000.parquet",
+        "t/part-c-00001.parquet",
+        "windows-1000",
+        "windows-1000/part-c-00001.parquet",
+    ]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "done",
+        "done/part-c-00000.json",
+        "t",
+        "t/part-c-00000.parquet",
     ]
     assert shards.is_complete(tmp_path, "c-00000", "f")
 
 
-def test_a_rewritten_shard_drops_a_table_it_no_longer_writes(tmp_path):
-    both = {"t": (SCHEMA, {"x": [1]}), "e": (SCHEMA, {"x": [2]})}
-    shards.write_shard(tmp_path, "c-00000", "with", both, {})
-    shards.write_shard(tmp_path, "c-00000", "without", {"t": (SCHEMA, {"x": [1]})}, {})
-    assert not (tmp_path / "e" / "part-c-00000.parquet").exists()
-    assert shards.is_complete(tmp_path, "c-00000", "without")
+def test_remove_stale_deletes_only_temporaries_whose_writer_is_gone(tmp_path):
+    """A temporary names its writer's host and pid: a live writer's (or another host's) stays."""
+    kept = shards.write_shard(tmp_path, "c-00000", "f", {"t": (SCHEMA, {"x": [1]})}, {})
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], stdout=PIPE)
+    dead_pid = int(ended.stdout)
+    live = shards.temporary(tmp_path / "t" / "part-c-00001.parquet")  # this process: writing
+    assert live.name == f".part-c-00001.parquet~{shards.HOST}~{os.getpid()}.tmp"
+    abandoned = tmp_path / "t" / f".part-c-00002.parquet~{shards.HOST}~{dead_pid}.tmp"
+    elsewhere = tmp_path / "done" / f".part-c-00003.json~{shards.HOST}-other~{dead_pid}.tmp"
+    for path in (live, abandoned, elsewhere):
+        path.write_bytes(b"")
+    removed = shards.remove_stale(tmp_path, [kept])
+    assert removed == [str(abandoned)]
+    assert live.exists() and elsewhere.exists()
+
+
+def test_a_failed_write_leaves_no_temporary(tmp_path):
+    with pytest.raises(pa.ArrowInvalid):
+        shards.write_shard(tmp_path, "c-00000", "f", {"t": (SCHEMA, {"x": ["not an int"]})}, {})
+    assert [p.name for p in tmp_path.rglob("*")] == ["t"]
 
 
 def test_fingerprint_is_stable_and_sensitive():
@@ -230,3 +289,147 @@ def test_a_pickled_vectors_file_is_refused_and_never_unpickled(tmp_path):
         "vectors.kv",
         "vectors.txt",
     ]
+
+
+class NotATensor:
+    """Pickled into a weights file: `torch.load(weights_only=True)` must refuse to build it."""
+
+
+def weights_file(path: Path, kind: str, build) -> Path:
+    import torch
+
+    state = build().state_dict()
+    if kind == "text":
+        path.write_text("hello, weights\n")
+    elif kind == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif kind == "pickled object":
+        torch.save({**state, "extra": NotATensor()}, path)
+    elif kind == "wrapped":
+        torch.save({"state_dict": state}, path)
+    elif kind == "wrong shape":
+        key = next(k for k, v in state.items() if v.ndim == 4)
+        torch.save({**state, key: state[key][:1]}, path)
+    elif kind == "missing key":
+        torch.save({k: v for k, v in list(state.items())[1:]}, path)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("text", "not a PyTorch weights file (KeyError"),
+        ("empty", "not a PyTorch weights file (EOFError)"),
+        ("tensor", "not a state_dict (parameter name -> tensor) but a Tensor"),
+        (
+            "pickled object",
+            "torch.load(weights_only=True) refuses it (Unsupported global: GLOBAL "
+            f"{__name__}.NotATensor): not a plain state_dict of tensors",
+        ),
+        (
+            "wrapped",
+            "not a state_dict (parameter name -> tensor): 'state_dict' holds a OrderedDict",
+        ),
+        ("wrong shape", "not a ResDavenet state_dict: 'conv1.weight' has shape [1, 1, 40, 1], not"),
+        ("missing key", "not a ResDavenet state_dict: lacks 'conv1.weight'"),
+    ],
+)
+def test_a_bad_davenet_weights_file_is_one_line(tmp_path, kind, problem):
+    from stages.mcn.corpus import weights_record
+    from stages.mcn.davenet import ResDavenet
+
+    path = weights_file(tmp_path / "davenet.pth", kind, ResDavenet)
+    with pytest.raises(StageError) as error:
+        weights_record(path, 0, ResDavenet)
+    assert str(error.value).startswith(f"{path}: {problem}")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["text", "tensor", "pickled object", "wrong shape"])
+def test_a_bad_resnet_weights_file_fails_before_any_work(tmp_path, kind):
+    from stages.mcn import video_features
+    from stages.mcn.resnet import resnet152
+
+    path = weights_file(tmp_path / "resnet152.pth", kind, resnet152)
+    params = video_features.Params(
+        0, tmp_path, (), path, 224, 8, 32, 0, "cpu", 1, 1, *(tmp_path / n for n in "oms")
+    )
+    with pytest.raises(StageError, match=str(path)):
+        video_features.prepare(params)
+
+
+def test_good_weights_pass_the_check(tmp_path):
+    import torch
+
+    from stages.mcn.corpus import weights_record
+    from stages.mcn.davenet import ResDavenet
+
+    torch.save(ResDavenet().state_dict(), tmp_path / "davenet.pth")
+    record = weights_record(tmp_path / "davenet.pth", 0, ResDavenet)
+    assert record["weights"] == str(tmp_path / "davenet.pth")
+
+
+def run_cli(stage: str, cwd: Path, section: dict) -> subprocess.CompletedProcess:
+    import yaml
+
+    (cwd / "params.yaml").write_text(yaml.safe_dump({"base": {"seed": 1}, stage: section}))
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.mcn.{stage}", "--params", "params.yaml"],
+        cwd=cwd,
+        env={**os.environ, "STAGES_RUN_LOG": str(cwd / "logs")},
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("clips", "weights", "where", "problem"),
+    [
+        (
+            "video,start,end,caption\nv,0,1,a\nv,1,inf,b\n",
+            None,
+            "raw/clips.csv: line 3: end",
+            "not a finite time >= 0: 'inf'",
+        ),
+        (
+            "video,start,end,caption\nv,0,1,a,b\n",
+            None,
+            "raw/clips.csv: line 2",
+            "5 fields where the header (line 1) has 4",
+        ),
+        (
+            "video,start,end,caption\nv,0,1,a\n",
+            "text",
+            "raw/davenet.pth",
+            "not a PyTorch weights file (KeyError: 101)",
+        ),
+    ],
+)
+def test_audio_features_cli_refuses_bad_input_in_one_line_writing_nothing(
+    tmp_path, clips, weights, where, problem
+):
+    """Before: a traceback after the shard was computed (inf) or while reading (ragged, weights)."""
+    (tmp_path / "raw/videos").mkdir(parents=True)
+    (tmp_path / "raw/videos/v.mp4").write_bytes(b"not read: the stage stops before any work")
+    (tmp_path / "raw/clips.csv").write_text(clips)
+    if weights:
+        (tmp_path / "raw/davenet.pth").write_text("hello, weights\n")
+    section = {
+        "source": "raw",
+        "corpora": [
+            {"name": "c", "clips": "raw/clips.csv", "videos": "raw/videos", "audio_window": 100}
+        ],
+        "davenet_weights": "raw/davenet.pth" if weights else None,
+        "device": "cpu",
+        "batch_size": 4,
+        "threads": 1,
+        "videos_per_shard": 1,
+        "out": "out/audio",
+        "metrics": "out/metrics.json",
+        "stats": "out/stats.json",
+    }
+    done = run_cli("audio_features", tmp_path, section)
+    assert (done.returncode, done.stderr) == (2, f"audio_features: error: {where}: {problem}\n")
+    assert not (tmp_path / "out").exists()

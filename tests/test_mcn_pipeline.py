@@ -6,7 +6,14 @@ import contextlib
 import hashlib
 import importlib
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +27,8 @@ from stages.mcn import corpus as mcn_corpus
 from stages.mcn.corpus import tokenize
 
 pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
 
 STAGES = ("video_features", "audio_features", "text_features")
 PARAMS = """
@@ -321,3 +330,99 @@ def test_davenet_weights_give_embeddings_and_a_recorded_hash(workspace, tmp_path
     ok = emb["status"] == "ok"
     assert emb["embedding"].shape[1] == 1024 and np.abs(emb["embedding"][ok]).sum(1).min() > 0
     assert not emb["embedding"][~ok].any()
+
+
+def test_a_video_changed_in_place_redoes_its_shard_only(workspace, tmp_path):
+    """Same size, other bytes: the fingerprint held file sizes, so the shard used to be skipped."""
+    root, _ = workspace
+    for folder in ("data/mcn/sample", "data/mcn/features", "models"):
+        shutil.copytree(root / folder, tmp_path / folder)
+    with contextlib.chdir(tmp_path):
+        for stage in ("video_features", "audio_features"):
+            run(stage)  # the default params again (an earlier test may have changed them)
+        (video,) = Path("data/mcn/sample/videos/eval_close").iterdir()
+        data = bytearray(video.read_bytes())
+        middle = len(data) // 2
+        data[middle : middle + 39] = bytes(b ^ 0x5A for b in data[middle : middle + 39])
+        video.write_bytes(data)
+        for stage, out in (("video_features", "video"), ("audio_features", "audio")):
+            before = digests(Path("data/mcn/features", out, "done"))
+            stats = run(stage)
+            after = digests(Path("data/mcn/features", out, "done"))
+            assert stats["shards_skipped"] == stats["shards"] - 1 == 3
+            assert [k for k in after if after[k] != before[k]] == ["part-eval_close-00000.json"]
+
+
+def test_a_changed_audio_window_leaves_only_the_new_tables(workspace, tmp_path):
+    """audio_window 1000 -> 500 used to leave `windows-1000/` in the output (and its DVC hash)."""
+    root, _ = workspace
+    shutil.copytree(root / "data/mcn/sample", tmp_path / "data/mcn/sample")
+    module = importlib.import_module("stages.mcn.audio_features")
+    out = tmp_path / "data/mcn/features/audio"
+    with contextlib.chdir(tmp_path):
+        for window in (1000, 500):
+            text = re.sub(r"audio_window: \d+", f"audio_window: {window}", PARAMS)
+            Path("params.yaml").write_text(text)
+            p = load_section(module.Params, "audio_features", Path("params.yaml"))
+            stats = mcn_corpus.run_local(module, p, "audio_features")
+    assert stats["shards_skipped"] == 0 and stats["stale_files_removed"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["done", "failures", "videos", "windows-500"]
+    listed = {
+        f"{table}/part-{m['key']}.parquet"
+        for m in (json.loads(p.read_text()) for p in (out / "done").iterdir())
+        for table in m["tables"]
+    }
+    assert {str(p.relative_to(out)) for p in out.rglob("*.parquet")} == listed
+
+
+def marked_processes(marker: str) -> dict[int, int]:
+    """pid -> parent pid of every process whose environment holds `marker` (children inherit it)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:  # not a process, gone, or not ours
+            continue
+        if marker.encode() in environ:
+            found[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return found
+
+
+def test_a_killed_video_stage_leaves_no_process_behind(workspace, tmp_path):
+    """A decode worker, the fork server and the resource tracker used to outlive a SIGKILLed
+    stage: the worker watched its parent, the fork server, which it kept alive itself."""
+    root, _ = workspace
+    shutil.copytree(root / "data/mcn/sample", tmp_path / "data/mcn/sample")
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    token = uuid.uuid4().hex
+    marker = f"MCN_TEST_MARKER={token}"  # inherited by every process the stage starts
+    env = {"MCN_TEST_MARKER": token, "PYTHONPATH": str(ROOT), "STAGES_RUN_LOG": str(tmp_path)}
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "stages.mcn.video_features", "--params", "params.yaml"],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300  # generous: loading the model on a busy machine
+        while time.monotonic() < deadline and stage.poll() is None:
+            found = marked_processes(marker)
+            # a decode worker: a child of the fork server, itself a child of the stage
+            if any(parent in found and parent != stage.pid for parent in found.values()):
+                break
+            time.sleep(0.1)
+        assert stage.poll() is None, "the stage ended before its decode worker was seen"
+        stage.kill()
+        stage.wait()
+        deadline = time.monotonic() + 120
+        while marked_processes(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = marked_processes(marker)
+        assert not left, f"processes left after the stage was killed: {sorted(left)}"
+    finally:
+        stage.kill()
+        for pid in marked_processes(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -38,7 +38,7 @@ from stages.common.media import MediaError, read_audio
 from stages.mcn import corpus as mcn_corpus
 from stages.mcn import shards
 from stages.mcn.corpus import Corpus, Failures, Rows, Shard
-from stages.mcn.davenet import EMBED_DIM, load_davenet
+from stages.mcn.davenet import EMBED_DIM, ResDavenet, load_davenet
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,8 @@ def prepare(params: Params) -> Context:
     if params.davenet_weights is None:
         record = {"davenet": "none: embeddings not written (trained by the MCN stage)"}
     else:
-        record = {"davenet": mcn_corpus.weights_record(params.davenet_weights, params.seed)}
+        weights = mcn_corpus.weights_record(params.davenet_weights, params.seed, ResDavenet)
+        record = {"davenet": weights}
     return Context(record, resolve_device(params.device, "audio_features.device"))
 
 
@@ -243,7 +244,7 @@ def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
     window = shard.corpus.audio_window
     code = code_digest("stages.mcn.audio_features")
-    digest = shards.fingerprint(VERSION, code, window, context, shard.inputs())
+    digest = shards.fingerprint(VERSION, code, window, context, shard.inputs(), shard.file_inputs())
     if shards.is_complete(params.out, shard.key, digest):
         return {**shards.read_manifests(params.out, [shard.key])[0], "skipped": True}
     clips, videos, failures = shard_rows(shard)
@@ -297,7 +298,7 @@ def finalize(
         "failures": rows.get("failures", 0),
     }
     stats = {**summary, **context._asdict(), **device_record(context.device)}
-    run = mcn_corpus.finish(params, plan, manifests, metrics, stats)
+    run = mcn_corpus.finish(params, manifests, metrics, stats)
     return {**summary, **run, "shard_seconds": round(seconds, 2)}
 
 

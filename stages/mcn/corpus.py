@@ -16,17 +16,22 @@ Every feature stage names the one folder its corpora read from (`source`, a DVC 
 
 from __future__ import annotations
 
+import csv
 import logging
+import math
 import os
+import pickle
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from stages.common import dataset, kernels
 from stages.common.atomic import write_json
@@ -35,8 +40,13 @@ from stages.common.hashing import file_digest
 from stages.common.progress import progress
 from stages.mcn import shards
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
+CLIP_COLUMNS = ("video", "start", "end", "caption")
+REFUSED = re.compile(r"[Uu]nsupported (?:global: )?(?:GLOBAL \S+|operand \d+)")
 TOKEN = re.compile(r"[\w']+")
 
 
@@ -65,9 +75,17 @@ class Shard:
     clips: tuple[tuple[ClipRow, ...], ...]  # per video
 
     def inputs(self) -> list:
-        """What the shard's output depends on, for its fingerprint (sizes, not mtimes: stable)."""
-        sizes = [None if f is None else os.path.getsize(f) for f in self.files]
-        return [self.corpus.name, list(self.videos), sizes, [list(c) for c in self.clips]]
+        """What every table of the shard depends on: the corpus, its videos and their clips."""
+        return [self.corpus.name, list(self.videos), [list(c) for c in self.clips]]
+
+    def file_inputs(self) -> list:
+        """Each video file, as named (failure messages quote the name), and its bytes' sha256.
+
+        Content, not size: a file rewritten in place with the same size must redo its shard.
+        Hashed afresh on every run (no cache that could go stale); the path is the one the
+        params give, not the resolved one, so a checkout elsewhere keeps its shards' bytes.
+        """
+        return [None if f is None else [f, file_digest(f)] for f in self.files]
 
 
 def tokenize(caption: str) -> list[str]:
@@ -76,36 +94,94 @@ def tokenize(caption: str) -> list[str]:
 
 
 def read_clip_table(path: Path) -> pd.DataFrame:
-    """The clip table at `path`, validated: every problem names the file, row and field."""
-    if path.is_dir():
-        table = pd.DataFrame(dataset.read_arrays(path, ["video", "start", "end", "caption"]))
-    elif path.suffix == ".csv" and path.is_file():
-        table = pd.read_csv(path, dtype={"video": str, "caption": str}, keep_default_na=False)
-    elif path.suffix == ".parquet" and path.is_file():
-        table = pd.read_parquet(path)
-    else:
-        raise StageError(path, "clip table not found (a dataset folder, .parquet or .csv)")
-    missing = [c for c in ("video", "start", "end", "caption") if c not in table.columns]
+    """The clip table at `path`, validated: a problem names the file, its row and the field.
+
+    A CSV row is named by its line in the file (`line 2` is the first row after the header); a
+    Parquet table or dataset folder, which has no lines, by its 1-based row.
+    """
+    table, rows = _read_table(path)
+    missing = [c for c in CLIP_COLUMNS if c not in table.columns]
     if missing:
         raise StageError(path, f"clip table lacks columns {missing}")
-    table = table[["video", "start", "end", "caption"]].reset_index(drop=True)
+    table = table[list(CLIP_COLUMNS)].reset_index(drop=True)
     for field in ("start", "end"):
-        values = pd.to_numeric(table[field], errors="coerce")
-        bad = np.flatnonzero(values.isna() | (values < 0))
-        if len(bad):
+        times = [_time(value) for value in table[field]]
+        if None in times:
+            row = times.index(None)
             raise StageError(
-                f"{path}: row {bad[0]}: {field}", f"not a time >= 0: {table[field][bad[0]]!r}"
+                f"{path}: {rows[row]}: {field}",
+                f"not a finite time >= 0: {table[field][row]!r}",
             )
-        table[field] = values.astype(np.float64)
+        table[field] = np.array(times, np.float64)
     bad = np.flatnonzero(table["end"] < table["start"])
     if len(bad):
-        raise StageError(f"{path}: row {bad[0]}: end", "end before start")
-    if table["video"].isna().any() or (table["video"].astype(str) == "").any():
-        row = int(np.flatnonzero(table["video"].isna() | (table["video"].astype(str) == ""))[0])
-        raise StageError(f"{path}: row {row}: video", "empty video id")
+        raise StageError(f"{path}: {rows[bad[0]]}: end", "end before start")
+    bad = np.flatnonzero(table["video"].isna() | (table["video"].astype(str) == ""))
+    if len(bad):
+        raise StageError(f"{path}: {rows[bad[0]]}: video", "empty video id")
     table["video"] = table["video"].astype(str)
     table["caption"] = table["caption"].fillna("").astype(str)
     return table
+
+
+def _time(value: Any) -> float | None:
+    """A clip time in seconds, or None: not a number, not finite (inf would crash the crop), < 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The table as stored, and how a message names each of its rows."""
+    if path.suffix == ".csv" and path.is_file():
+        return _read_csv(path)
+    if not (path.is_dir() or (path.suffix == ".parquet" and path.is_file())):
+        raise StageError(path, "clip table not found (a dataset folder, .parquet or .csv)")
+    try:
+        if path.is_dir():  # only the clip columns (a dataset may hold more), those it has
+            names = pq.read_schema(dataset.shard_paths(path)[0]).names
+            table = pd.DataFrame(dataset.read_arrays(path, [c for c in CLIP_COLUMNS if c in names]))
+        else:
+            table = pd.read_parquet(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise StageError(path, f"cannot read the clip table ({_first_line(exc)})") from None
+    return table, [f"row {i}" for i in range(1, len(table) + 1)]
+
+
+def _read_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Every field as text, each row named by its first line (a quoted caption may span lines).
+
+    The csv module rather than pandas: pandas fills a short row with empty fields without a word
+    and reports a long one with a traceback.
+    """
+    records, lines, line = [], [], 1
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            line = reader.line_num + 1
+            for record in reader:
+                if record:  # a blank line holds no row (as pandas reads it)
+                    if len(record) != len(header):
+                        raise StageError(
+                            f"{path}: line {line}",
+                            f"{len(record)} fields where the header (line 1) has {len(header)}",
+                        )
+                    records.append(record)
+                    lines.append(f"line {line}")
+                line = reader.line_num + 1
+    except UnicodeDecodeError:
+        raise StageError(path, "not UTF-8 text") from None
+    except csv.Error as exc:
+        raise StageError(f"{path}: line {line}", f"not valid CSV ({exc})") from None
+    except OSError as exc:
+        raise StageError(path, f"cannot read the clip table ({exc.strerror})") from None
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise StageError(f"{path}: line 1", f"repeated column names {repeated}")
+    return pd.DataFrame(records, columns=header, dtype=object), lines
 
 
 def video_files(folder: Path) -> dict[str, str]:
@@ -165,13 +241,70 @@ def check_source(source: Path, corpora: tuple[Corpus, ...], section: str) -> Non
                 )
 
 
-def weights_record(path: Path | None, seed: int) -> dict[str, Any]:
-    """Which weights produced an output: path + sha256, or the seed of random weights."""
+def weights_record(
+    path: Path | None, seed: int, build: Callable[[], torch.nn.Module]
+) -> dict[str, Any]:
+    """Which weights produced an output: path + sha256, or the seed of random weights.
+
+    A file is checked first to be a state_dict of exactly `build()`'s parameter names and shapes,
+    so a wrong file fails in one line before any work, not with a traceback after hours.
+    """
     if path is None:
         return {"weights": f"random seed {seed}"}
     if not Path(path).is_file():
         raise StageError(path, "weights file not found")
+    check_state_dict(path, build)
     return {"weights": str(path), "sha256": file_digest(path)}
+
+
+def check_state_dict(path: Path, build: Callable[[], torch.nn.Module]) -> None:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # Refused by the safe unpickler: an object that could run code, or a file that is not a
+        # PyTorch file at all (text can parse as pickle opcodes); name what it met, if it says.
+        met = REFUSED.search(str(exc))
+        raise StageError(
+            path,
+            f"torch.load(weights_only=True) refuses it{f' ({met[0]})' if met else ''}: "
+            "not a plain state_dict of tensors",
+        ) from None
+    except Exception as exc:  # torch.load fails on foreign bytes in many ways (KeyError, EOF...)
+        raise StageError(path, f"not a PyTorch weights file ({_first_line(exc)})") from None
+    if not isinstance(state, dict):
+        raise StageError(
+            path, f"not a state_dict (parameter name -> tensor) but a {type(state).__name__}"
+        )
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise StageError(
+                path,
+                f"not a state_dict (parameter name -> tensor): {key!r} holds a "
+                f"{type(value).__name__} (a checkpoint wrapping the state_dict?)",
+            )
+    with torch.device("meta"):  # the expected shapes, without allocating the model
+        model = build()
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    problems = [f"lacks {k!r}" for k in expected if k not in got]
+    problems += [f"has unknown {k!r}" for k in got if k not in expected]
+    problems += [
+        f"{k!r} has shape {list(got[k])}, not {list(shape)}"
+        for k, shape in expected.items()
+        if k in got and got[k] != shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 3} more problems)" if len(problems) > 3 else ""
+        raise StageError(
+            path, f"not a {type(model).__name__} state_dict: {'; '.join(problems[:3])}{more}"
+        )
+
+
+def _first_line(exc: Exception) -> str:
+    """Type and first sentence of an error: torch's run to paragraphs."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0].split(". ")[0].rstrip(": ")
 
 
 # The columns every MCN feature table is keyed by (one definition, so the schemas agree).
@@ -267,15 +400,13 @@ def summarise(manifests: list[dict]) -> dict:
     }
 
 
-def finish(
-    params: Any, planned: list[Shard], manifests: list[dict], metrics: dict, stats: dict
-) -> dict:
-    """Remove shards of an older plan and write metrics and stats; returns the run's record.
+def finish(params: Any, manifests: list[dict], metrics: dict, stats: dict) -> dict:
+    """Remove what the plan's manifests do not list; write metrics and stats; return the record.
 
     The record (shards skipped, stale files removed) differs between two runs of the same work,
     so it goes to the run log only.
     """
-    removed = shards.remove_stale(params.out, [s.key for s in planned])
+    removed = shards.remove_stale(params.out, manifests)
     write_json(params.metrics, metrics)
     write_json(params.stats, {**stats, "cpu_kernels": kernels.record()})
     return {

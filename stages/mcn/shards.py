@@ -7,23 +7,34 @@ A stage splits its work into shards with a stable `key`. A shard's tables go to
 exists, carries the same `fingerprint` (a digest of everything the shard's output depends on) and
 every file it lists is there with the recorded size. So an interrupted run redoes only the shards
 it had not finished, and a changed input or parameter redoes exactly the shards it touches.
+At the end of a run `remove_stale` leaves exactly the files the run's manifests list.
+
+Every file is written under a temporary name that carries the writer's host and pid
+(`.<name>~<host>~<pid>.tmp`), so `remove_stale` can prove a temporary abandoned (its writer, on
+this host, is no longer running) and never deletes one another process is still writing.
 
 Manifests hold no timings or host names: the same work gives byte-identical outputs.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+import re
+import socket
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from stages.common import dataset
-from stages.common.atomic import write_json
 
 DONE = "done"
+HOST = socket.gethostname()
+TEMPORARY = re.compile(r"\..+~(?P<host>[^~]+)~(?P<pid>[1-9][0-9]{0,9})\.tmp")
+
+T = TypeVar("T")
 
 
 def fingerprint(*parts: Any) -> str:
@@ -63,42 +74,91 @@ def write_shard(
 ) -> dict:
     """Write a shard's tables (schema, columns) and then its manifest; returns the manifest."""
     manifest_path(root, key).unlink(missing_ok=True)  # never a manifest over half-new files
-    if root.is_dir():  # a table this shard no longer writes (e.g. embeddings without weights)
-        for folder in root.iterdir():
-            if folder.is_dir() and folder.name not in tables and folder.name != DONE:
-                table_path(root, folder.name, key).unlink(missing_ok=True)
     written = {}
     for table, (schema, columns) in tables.items():
         path = table_path(root, table, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            shard = dataset.ShardFile(tmp, schema)
-            shard.write(columns)
-            size = shard.close()
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        written[table] = {"rows": shard.rows, "bytes": size}
+        written[table] = publish(path, functools.partial(write_table, schema=schema, data=columns))
     manifest = {"key": key, "fingerprint": digest, "tables": written, **record}
-    write_json(manifest_path(root, key), manifest)
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"  # as atomic.write_json writes
+    manifest_path(root, key).parent.mkdir(parents=True, exist_ok=True)
+    publish(manifest_path(root, key), lambda tmp: tmp.write_text(text))
     return manifest
+
+
+def write_table(path: Path, schema: dataset.SampleSchema, data: Mapping[str, Any]) -> dict:
+    shard = dataset.ShardFile(path, schema)
+    shard.write(data)
+    size = shard.close()
+    return {"rows": shard.rows, "bytes": size}
+
+
+def temporary(path: Path) -> Path:
+    """The hidden name `path` is written under before its rename: this writer's host and pid."""
+    return path.with_name(f".{path.name}~{HOST}~{os.getpid()}.tmp")
+
+
+def publish(path: Path, write: Callable[[Path], T]) -> T:
+    """`write(temporary(path))`, then rename onto `path`; no temporary outlives a failure."""
+    tmp = temporary(path)
+    try:
+        result = write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return result
 
 
 def read_manifests(root: Path, keys: Iterable[str]) -> list[dict]:
     return [json.loads(manifest_path(root, key).read_text()) for key in keys]
 
 
-def remove_stale(root: Path, keys: Iterable[str]) -> list[str]:
-    """Delete shard files whose key is not in `keys` (left by a run with another plan)."""
-    keep = {f"part-{k}" for k in keys}
+def writer_alive(path: Path) -> bool:
+    """Whether `path` is a temporary whose writer may still be running (then it must stay).
+
+    Only a writer on this host can be checked; one on another (a shared file system under a Dask
+    cluster) counts as alive. A recycled pid keeps a dead writer's file: garbage, never a loss.
+    """
+    match = TEMPORARY.fullmatch(path.name)
+    if match is None:
+        return False
+    if match["host"] != HOST:
+        return True
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale(root: Path, manifests: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Delete all under `root` but the files `manifests` list and live writers' temporaries.
+
+    So the output holds exactly what the current plan and params produced: no shard of an older
+    plan, no table they no longer make (`windows-1000` after `audio_window` became 500,
+    `embeddings` without DaveNet weights), no manifest of a shard not planned now, no folder left
+    empty, no temporary of a killed run. Returns the removed paths.
+    """
+    keep = set()
+    for manifest in manifests:
+        keep.add(manifest_path(root, manifest["key"]))
+        keep.update(table_path(root, table, manifest["key"]) for table in manifest["tables"])
     removed = []
-    if not root.is_dir():
-        return removed
-    for folder in (p for p in root.iterdir() if p.is_dir()):
-        for path in folder.iterdir():
-            leftover_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
-            if leftover_tmp or path.name.split(".")[0] not in keep:
+    for folder, dirs, files in os.walk(root, topdown=False):  # a folder's contents before it
+        for name in files:
+            path = Path(folder, name)
+            if path not in keep and not writer_alive(path):
                 path.unlink()
                 removed.append(str(path))
+        for name in dirs:
+            path = Path(folder, name)
+            if path.is_symlink():
+                path.unlink()
+            elif any(path.iterdir()):  # holds a kept file or a live writer's temporary
+                continue
+            else:
+                path.rmdir()
+            removed.append(str(path))
     return removed

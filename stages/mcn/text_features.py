@@ -109,9 +109,10 @@ def prepare(params: Params) -> Context:
 
 def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
-    corpus, videos, _, clips = shard.inputs()  # captions do not depend on the video files
+    corpus = shard.corpus.name
     code = code_digest("stages.mcn.text_features")
-    digest = shards.fingerprint(VERSION, code, context.record, [corpus, videos, clips])
+    # shard.inputs() only: captions do not depend on the video files
+    digest = shards.fingerprint(VERSION, code, context.record, shard.inputs())
     if shards.is_complete(params.out, shard.key, digest):
         return {**shards.read_manifests(params.out, [shard.key])[0], "skipped": True}
     vocab, vectors = load_vectors(context.vectors)
@@ -150,7 +151,7 @@ def finalize(
     summary = mcn_corpus.summarise(manifests)
     rows = summary["rows"]
     metrics = {"captions": rows.get("words", 0), "failures": rows.get("failures", 0)}
-    run = mcn_corpus.finish(params, plan, manifests, metrics, {**summary, "record": context.record})
+    run = mcn_corpus.finish(params, manifests, metrics, {**summary, "record": context.record})
     return {**summary, **run, "shard_seconds": round(seconds, 2)}
 
 

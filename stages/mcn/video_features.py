@@ -31,7 +31,7 @@ from stages.common.errors import StageError
 from stages.mcn import corpus as mcn_corpus
 from stages.mcn import shards
 from stages.mcn.corpus import Corpus, Failures, Rows, Shard
-from stages.mcn.resnet import FEATURE_DIM, load_resnet152
+from stages.mcn.resnet import FEATURE_DIM, load_resnet152, resnet152
 from stages.mcn.video_pipeline import Extracted, FrameModel, extract, pool_clip
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def prepare(params: Params) -> Context:
             raise StageError(f"params.yaml: video_features.{name}", "must be >= 1")
     mcn_corpus.check_source(params.source, params.corpora, "video_features")
     device = resolve_device(params.device, "video_features.device")
-    record = mcn_corpus.weights_record(params.weights, params.seed)
+    record = mcn_corpus.weights_record(params.weights, params.seed, resnet152)
     return Context(record, device, "bf16 autocast" if device == "cuda" else "fp32")
 
 
@@ -172,7 +172,9 @@ def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     """Compute one shard and write it atomically, unless an identical complete one exists."""
     code = code_digest("stages.mcn.video_features")
     threads = params.threads if context.device == "cpu" else None  # CPU sums depend on it
-    digest = shards.fingerprint(VERSION, code, params.short_side, threads, context, shard.inputs())
+    digest = shards.fingerprint(
+        VERSION, code, params.short_side, threads, context, shard.inputs(), shard.file_inputs()
+    )
     if shards.is_complete(params.out, shard.key, digest):
         return {**shards.read_manifests(params.out, [shard.key])[0], "skipped": True}
     model = frame_model(params.weights, params.seed, context.device, params.threads)
@@ -213,7 +215,7 @@ def finalize(
         "failures": rows.get("failures", 0),
     }
     stats = {**summary, **context._asdict(), **device_record(context.device)}
-    run = mcn_corpus.finish(params, plan, manifests, metrics, stats)
+    run = mcn_corpus.finish(params, manifests, metrics, stats)
     frames = sum(m["frames"] for m in manifests if not m.get("skipped"))
     return {
         **summary,

@@ -12,8 +12,12 @@ on CPU the bytes do not depend on which frames share a batch, nor on the worker 
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
+import os
+import select
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -71,6 +75,27 @@ class FrameChunks(torch.utils.data.IterableDataset):
             yield from decode_video(i, self.files[i], self.short_side, self.chunk)
 
 
+def exit_with(owner: int, worker_id: int) -> None:
+    """DataLoader worker init: end this worker as soon as process `owner` ends, however it ends.
+
+    A forkserver worker is a child of the fork server, not of the loader's process, so torch's
+    watchdog (which polls the worker's parent) never sees a SIGKILLed owner; and the worker holds
+    the fork server's "alive" pipe, so the server stays too, and with both the resource tracker:
+    three orphans. A pidfd of the owner becomes readable when the owner exits; a daemon thread
+    waits on it and ends the worker, after which the server and the tracker exit on their own.
+    """
+    try:
+        owner_fd = os.pidfd_open(owner)
+    except ProcessLookupError:  # already gone
+        os._exit(1)
+
+    def wait() -> None:
+        select.select([owner_fd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=wait, name="exit-with-owner", daemon=True).start()
+
+
 def chunk_loader(
     files: tuple[str | None, ...], short_side: int, chunk: int, workers: int, pin: bool
 ) -> torch.utils.data.DataLoader:
@@ -88,6 +113,7 @@ def chunk_loader(
         # Not fork: the shard function also runs inside Prefect and Dask workers, whose threads a
         # forked decoder inherits in whatever state they were (workers then die at exit).
         multiprocessing_context="forkserver" if workers else None,
+        worker_init_fn=functools.partial(exit_with, os.getpid()) if workers else None,
         # On GPU take whichever chunk is ready (no head-of-line wait on a slow video); on CPU keep
         # the worker round-robin so the run is reproducible.
         in_order=not pin,
