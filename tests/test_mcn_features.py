@@ -433,3 +433,25 @@ def test_audio_features_cli_refuses_bad_input_in_one_line_writing_nothing(
     done = run_cli("audio_features", tmp_path, section)
     assert (done.returncode, done.stderr) == (2, f"audio_features: error: {where}: {problem}\n")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_shard_stage_says_what_it_had_replaced(monkeypatch):
+    """Shards are replaced one by one: a Ctrl-C must not claim that nothing was replaced."""
+    from types import SimpleNamespace
+
+    from stages.common.errors import Interrupted
+    from stages.mcn import corpus
+
+    calls = iter([{"skipped": True}, {"skipped": False}, KeyboardInterrupt()])
+
+    def run_shard(params, context, shard):
+        result = next(calls)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    stage = SimpleNamespace(prepare=lambda p: None, run_shard=run_shard, finalize=None)
+    monkeypatch.setattr(corpus, "plan", lambda corpora, per_shard: ["a", "b", "c", "d"])
+    params = SimpleNamespace(corpora=(), videos_per_shard=1, out="data/x")
+    with pytest.raises(Interrupted, match=r"^1 of 4 shards of data/x were rewritten before it, 1"):
+        corpus.run_local(stage, params, "x")

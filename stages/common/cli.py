@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stages.common.errors import StageError
+from stages.common.errors import Interrupted, StageError
 from stages.common.params import PARAMS_FILE, load_section
 
 P = TypeVar("P")
@@ -51,6 +51,9 @@ def run_stage(
             raise
         print(f"{name}: error: {in_params_file(exc, args.params)}", file=sys.stderr)
         sys.exit(EXIT_STAGE_ERROR)
+    except Interrupted as exc:
+        print(f"{name}: interrupted; {exc}", file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
         print(f"{name}: interrupted; no output was replaced", file=sys.stderr)
         sys.exit(130)

@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C that a stage caught to say what it had already replaced (`run_stage` prints it)."""
+
+
 class StageError(Exception):
     """A problem with a stage's input or parameters, reported as one line without a traceback.
 

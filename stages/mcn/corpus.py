@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from stages.common import dataset, kernels
 from stages.common.atomic import write_json
-from stages.common.errors import StageError
+from stages.common.errors import Interrupted, StageError
 from stages.common.hashing import file_digest
 from stages.common.progress import progress
 from stages.mcn import shards
@@ -377,9 +377,19 @@ def run_local(stage: FeatureStage, params: Any, name: str) -> dict:
     context = stage.prepare(params)
     planned = plan(params.corpora, params.videos_per_shard)
     started = time.perf_counter()
-    manifests = [
-        stage.run_shard(params, context, s) for s in progress(planned, desc=name, unit="shard")
-    ]
+    manifests: list[dict] = []
+    try:
+        for shard in progress(planned, desc=name, unit="shard"):
+            manifests.append(stage.run_shard(params, context, shard))
+    except KeyboardInterrupt:
+        # Shards are replaced one by one: say how far this run got, never "nothing replaced".
+        rewritten = sum(not m.get("skipped") for m in manifests)
+        raise Interrupted(
+            f"{rewritten} of {len(planned)} shards of {params.out} were rewritten before it, "
+            f"{len(manifests) - rewritten} were already complete; the one in progress may be "
+            "partly replaced and the rest are as before: run the stage again to finish "
+            "(complete shards are kept)"
+        ) from None
     return stage.finalize(params, context, planned, manifests, time.perf_counter() - started)
 
 
