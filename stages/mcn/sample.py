@@ -340,14 +340,21 @@ def validate(p: Params) -> None:
     for name in CORPORA:
         size: CorpusSize = getattr(p, name)
         where = f"params.yaml: mcn_sample.{name}"
-        if size.videos < 1 or size.clips_per_video < 1:
-            raise StageError(where, "videos and clips_per_video must be >= 1")
+        if not (1 <= size.videos <= 100_000 and 1 <= size.clips_per_video <= 100):
+            raise StageError(where, "videos must be 1 to 100000, clips_per_video 1 to 100")
         if not 0 <= size.no_audio <= size.videos:
             raise StageError(f"{where}.no_audio", f"must be in [0, {size.videos}]")
-    if not 0 < p.min_clip_seconds <= p.max_clip_seconds:
-        raise StageError("params.yaml: mcn_sample.min_clip_seconds", "need 0 < min <= max")
-    if p.width < 16 or p.height < 16 or p.fps < 1:
-        raise StageError("params.yaml: mcn_sample", "width/height >= 16 and fps >= 1 needed")
+    if not 0 < p.min_clip_seconds <= p.max_clip_seconds <= 600:
+        raise StageError("params.yaml: mcn_sample.min_clip_seconds", "need 0 < min <= max <= 600")
+    ranges = {  # a stand-in's sizes: beyond these a value is a typo (1e9 asked for TiB arrays)
+        "width": (p.width, 16, 4096),
+        "height": (p.height, 16, 4096),
+        "fps": (p.fps, 1, 120),
+        "sample_rate": (p.sample_rate, 8000, 192_000),
+    }
+    for key, (value, low, high) in ranges.items():
+        if not low <= value <= high:
+            raise StageError(f"params.yaml: mcn_sample.{key}", f"must be {low} to {high}")
 
 
 def edge_case_plans() -> list[tuple[VideoPlan, str]]:

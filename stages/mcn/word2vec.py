@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,13 +88,25 @@ def build(params: Params) -> dict:
     """Train, save to `params.out`, write metrics and stats; returns the training seconds."""
     import gensim
 
-    for name in ("vector_size", "epochs", "window", "min_count", "negative"):
-        if getattr(params.training, name) < 1:
-            raise StageError(f"params.yaml: word2vec.training.{name}", "must be >= 1")
+    # Upper bounds catch typos: 1e9 dimensions asked for 119 GiB, 1e9 epochs never end.
+    limits = {"vector_size": 4096, "epochs": 10_000, "window": 100, "negative": 100}
+    limits["min_count"] = None
+    for name, high in limits.items():
+        value = getattr(params.training, name)
+        if value < 1 or (high is not None and value > high):
+            bound = f"1 to {high}" if high else ">= 1"
+            raise StageError(f"params.yaml: word2vec.training.{name}", f"must be {bound}")
     captions = read_clip_table(params.clips)["caption"].tolist()
     sentences = [words for words in map(tokenize, captions) if words]
     if not sentences:
         raise StageError(params.clips, "no caption has any word to train word2vec on")
+    counts = Counter(word for words in sentences for word in words)
+    if max(counts.values()) < params.training.min_count:
+        raise StageError(
+            "params.yaml: word2vec.training.min_count",
+            f"no word occurs {params.training.min_count} times (the most frequent: "
+            f"{max(counts.values())}): the vocabulary would be empty",
+        )
     started = time.perf_counter()
     kv = train_vectors(sentences, params.seed, params.training)
     seconds = time.perf_counter() - started
