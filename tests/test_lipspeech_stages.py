@@ -259,8 +259,11 @@ def corpus(root: Path, rows: list[tuple[str, str, float]]) -> Corpus:
     source = corpus_at(root / "corpus")
     table = source.table
     table.parent.mkdir(parents=True, exist_ok=True)
+    for _, file, _ in rows:  # the videos live inside the corpus folder, as DVC needs
+        if Path(file).is_file() and not (table.parent / Path(file).name).exists():
+            shutil.copy(file, table.parent / Path(file).name)
     lines = ["utterance,file,split,duration"] + [
-        f"{n},{f},{s},{d}" for n, f, s, d in [(r[0], r[1], "train", r[2]) for r in rows]
+        f"{n},{Path(f).name},train,{d}" for n, f, d in rows
     ]
     table.write_text("\n".join(lines) + "\n")
     return source
@@ -370,3 +373,12 @@ def test_analysis_settings_out_of_range_name_their_key(key, value):
     bad = dataclasses.replace(repo, **{key: value})
     with pytest.raises(StageError, match=rf"mel_cepstrum\.analysis\.{key}: .*got {value}"):
         mel_cepstrum.check_analysis(bad)
+
+
+def test_a_video_outside_the_corpus_root_is_named(media, tmp_path):
+    """DVC tracks corpus.root: a file elsewhere could change without re-running anything."""
+    source = corpus(tmp_path, [("a", str(media / "good.mp4"), 1.0)])
+    source.table.write_text(source.table.read_text() + f"b,{media / 'good.mp4'},train,1.0\n")
+    with pytest.raises(StageError, match=r"utterance b: .*good\.mp4 lies outside corpus\.root"):
+        mel_cepstrum.main(mcep_params(source, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

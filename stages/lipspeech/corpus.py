@@ -11,7 +11,6 @@ point `corpus.root` at it and `corpus.table` at the table (docs/lipspeech.md).
 from __future__ import annotations
 
 import csv
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,6 @@ from stages.common.workers import run_jobs, worker_pool
 
 J = TypeVar("J")
 R = TypeVar("R")
-
-log = logging.getLogger(__name__)
 
 REQUIRED = ("utterance", "file", "split", "duration")
 SPLITS = ("train", "test")
@@ -94,11 +91,12 @@ def read_corpus(c: Corpus) -> list[Entry]:
     if root not in c.table.resolve().parents:
         raise StageError(c.table, f"lies outside corpus.root ({c.root}), the folder DVC tracks")
     entries = read_table(c.table)
-    outside = [e.path for e in entries if root not in e.path.resolve().parents]
-    if outside:  # readable, but DVC would not notice when they change
-        log.warning(
-            "%d files lie outside corpus.root (%s), e.g. %s", len(outside), c.root, outside[0]
-        )
+    for e in entries:  # readable, but DVC would not notice when it changes: refused
+        if root not in e.path.resolve().parents:
+            raise StageError(
+                f"{c.table}: utterance {e.utterance}",
+                f"{e.path} lies outside corpus.root ({c.root}), the folder DVC tracks",
+            )
     return entries
 
 
