@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -172,8 +173,10 @@ VIDEOS_SCHEMA = dataset.SampleSchema(
 
 
 def prepare(params: Params) -> Context:
-    if params.batch_size < 1:
-        raise StageError("params.yaml: audio_features.batch_size", "must be >= 1")
+    if not 1 <= params.batch_size <= 4096:
+        raise StageError("params.yaml: audio_features.batch_size", "must be 1 to 4096")
+    if not 1 <= params.threads <= 4 * len(os.sched_getaffinity(0)):
+        raise StageError("params.yaml: audio_features.threads", "must be 1 to 4 per core")
     mcn_corpus.check_source(params.source, params.corpora, "audio_features")
     for corpus in params.corpora:
         if corpus.audio_window < 16:

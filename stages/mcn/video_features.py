@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ from stages.common.cli import run_stage
 from stages.common.closure import code_digest
 from stages.common.device import device_record, resolve_device
 from stages.common.errors import StageError
+from stages.common.workers import MAX_PER_CORE
 from stages.mcn import corpus as mcn_corpus
 from stages.mcn import shards
 from stages.mcn.corpus import Corpus, Failures, Rows, Shard
@@ -107,9 +109,17 @@ VIDEOS_SCHEMA = dataset.SampleSchema(
 
 
 def prepare(params: Params) -> Context:
-    for name in ("short_side", "batch_size", "chunk_seconds", "threads"):
-        if getattr(params, name) < 1:
-            raise StageError(f"params.yaml: video_features.{name}", "must be >= 1")
+    cores = len(os.sched_getaffinity(0))
+    ranges = {  # beyond these a value is a typo: pools and batches that only exhaust memory
+        "short_side": (32, 4096),
+        "batch_size": (1, 4096),
+        "chunk_seconds": (1, 3600),
+        "threads": (1, 4 * cores),
+        "decode_workers": (0, MAX_PER_CORE * cores),
+    }
+    for name, (low, high) in ranges.items():
+        if not low <= getattr(params, name) <= high:
+            raise StageError(f"params.yaml: video_features.{name}", f"must be {low} to {high}")
     mcn_corpus.check_source(params.source, params.corpora, "video_features")
     device = resolve_device(params.device, "video_features.device")
     record = mcn_corpus.weights_record(params.weights, params.seed, resnet152)
