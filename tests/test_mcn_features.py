@@ -235,10 +235,14 @@ def test_shard_fingerprints_digest_the_whole_import_closure():
 
 def test_corpora_must_lie_inside_the_source_folder(tmp_path):
     inside = Corpus("c", tmp_path / "raw/clips.csv", tmp_path / "raw/videos", 1000)
-    check_source(tmp_path / "raw", (inside,), "video_features")
+    check_source(tmp_path / "raw", (inside,), "video_features", {"weights": None})
     outside = Corpus("c", tmp_path / "raw/clips.csv", tmp_path / "elsewhere", 1000)
     with pytest.raises(StageError, match=r"c\.videos"):
-        check_source(tmp_path / "raw", (outside,), "video_features")
+        check_source(tmp_path / "raw", (outside,), "video_features", {})
+    weights = tmp_path / "weights/resnet152.pth"  # not a DVC dep unless inside source
+    with pytest.raises(StageError, match=r"video_features\.weights: .*is outside"):
+        check_source(tmp_path / "raw", (inside,), "video_features", {"weights": weights})
+    check_source(tmp_path, (inside,), "video_features", {"weights": weights})
 
 
 class _WritesMarker:

@@ -317,15 +317,19 @@ def test_davenet_weights_give_embeddings_and_a_recorded_hash(workspace, tmp_path
 
     root, _ = workspace
     torch.manual_seed(0)
-    torch.save(ResDavenet().state_dict(), tmp_path / "davenet.pth")
-    with contextlib.chdir(root):
-        module, p = params("audio_features", "")
-        p = type(p)(**{**p.__dict__, "davenet_weights": tmp_path / "davenet.pth"})
-        stats = mcn_corpus.run_local(module, p, "audio_features")
+    weights = root / "data/mcn/sample/davenet.pth"  # inside `source`, the folder DVC tracks
+    torch.save(ResDavenet().state_dict(), weights)
+    try:
+        with contextlib.chdir(root):
+            module, p = params("audio_features", "")
+            p = type(p)(**{**p.__dict__, "davenet_weights": weights.relative_to(root)})
+            stats = mcn_corpus.run_local(module, p, "audio_features")
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    finally:
+        weights.unlink()
     assert stats["shards_skipped"] == 0  # new weights: a new fingerprint for every shard
     record = json.loads((root / "reports/mcn/audio_features.stats.json").read_text())["record"]
-    record = record["davenet"]
-    assert record["sha256"] == hashlib.sha256((tmp_path / "davenet.pth").read_bytes()).hexdigest()
+    assert record["davenet"]["sha256"] == digest
     emb = dataset.read_arrays(root / "data/mcn/features/audio/embeddings")
     ok = emb["status"] == "ok"
     assert emb["embedding"].shape[1] == 1024 and np.abs(emb["embedding"][ok]).sum(1).min() > 0

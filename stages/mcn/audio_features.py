@@ -177,7 +177,9 @@ def prepare(params: Params) -> Context:
         raise StageError("params.yaml: audio_features.batch_size", "must be 1 to 4096")
     if not 1 <= params.threads <= 4 * len(os.sched_getaffinity(0)):
         raise StageError("params.yaml: audio_features.threads", "must be 1 to 4 per core")
-    mcn_corpus.check_source(params.source, params.corpora, "audio_features")
+    mcn_corpus.check_source(
+        params.source, params.corpora, "audio_features", {"davenet_weights": params.davenet_weights}
+    )
     for corpus in params.corpora:
         if corpus.audio_window < 16:
             raise StageError(f"params.yaml: corpora: {corpus.name}.audio_window", "must be >= 16")

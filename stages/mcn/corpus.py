@@ -227,18 +227,22 @@ def plan(corpora: tuple[Corpus, ...], videos_per_shard: int) -> list[Shard]:
     return shards
 
 
-def check_source(source: Path, corpora: tuple[Corpus, ...], section: str) -> None:
-    """Every clip table and videos folder must lie inside `source`, the stage's DVC dependency."""
+def check_source(
+    source: Path, corpora: tuple[Corpus, ...], section: str, weights: dict[str, Path | None]
+) -> None:
+    """Every clip table, videos folder and weights file must lie inside `source`, the stage's DVC
+    dependency: a file elsewhere could change without `dvc repro` re-running the stage."""
     root = source.resolve()
-    for corpus in corpora:
-        for field in ("clips", "videos"):
-            path = getattr(corpus, field)
-            if not path.resolve().is_relative_to(root):
-                raise StageError(
-                    f"params.yaml: {section}.corpora: {corpus.name}.{field}",
-                    f"{path} is outside {section}.source ({source}), so dvc.yaml would not "
-                    "re-run the stage when it changes: point source at a folder holding it",
-                )
+    fields = ("clips", "videos")
+    paths = {f"corpora: {c.name}.{field}": getattr(c, field) for c in corpora for field in fields}
+    paths |= {key: path for key, path in weights.items() if path is not None}
+    for key, path in paths.items():
+        if not path.resolve().is_relative_to(root):
+            raise StageError(
+                f"params.yaml: {section}.{key}",
+                f"{path} is outside {section}.source ({source}), so dvc.yaml would not "
+                "re-run the stage when it changes: point source at a folder holding it",
+            )
 
 
 def weights_record(

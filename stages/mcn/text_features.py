@@ -98,7 +98,7 @@ def schema(dim: int, record: dict) -> dataset.SampleSchema:
 
 
 def prepare(params: Params) -> Context:
-    mcn_corpus.check_source(params.source, params.corpora, "text_features")
+    mcn_corpus.check_source(params.source, params.corpora, "text_features", {})
     if not params.word2vec.name.endswith(BINARY + TEXT):
         raise StageError(params.word2vec, f"expected word2vec vectors: {', '.join(BINARY + TEXT)}")
     if not params.word2vec.is_file():

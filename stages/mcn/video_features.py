@@ -120,7 +120,9 @@ def prepare(params: Params) -> Context:
     for name, (low, high) in ranges.items():
         if not low <= getattr(params, name) <= high:
             raise StageError(f"params.yaml: video_features.{name}", f"must be {low} to {high}")
-    mcn_corpus.check_source(params.source, params.corpora, "video_features")
+    mcn_corpus.check_source(
+        params.source, params.corpora, "video_features", {"weights": params.weights}
+    )
     device = resolve_device(params.device, "video_features.device")
     record = mcn_corpus.weights_record(params.weights, params.seed, resnet152)
     return Context(record, device, "bf16 autocast" if device == "cuda" else "fp32")
