@@ -65,9 +65,7 @@ def features_flow(
         with dask.annotate(resources={"GPU": 1}) if needs_gpu else contextlib.nullcontext():
             futures = shard_task.map(stage, unmapped(params), unmapped(context), shards)
         manifests = [f.result() for f in futures]
-        results[stage] = module.finalize(
-            params, context, shards, manifests, time.perf_counter() - started
-        )
+        results[stage] = module.finalize(params, context, manifests, time.perf_counter() - started)
     return results
 
 

@@ -5,7 +5,7 @@ A corpus is a clip table (video, start, end, caption) plus a folder of video fil
 a shard carries its videos, their files and their clips, so a worker needs nothing else.
 
 A feature stage module provides `prepare(params) -> context`, `run_shard(params, context, shard)`
-and `finalize(params, context, shards, manifests, seconds)`. `run_local` (the DVC stage) and the
+and `finalize(params, context, manifests, seconds)`. `run_local` (the DVC stage) and the
 Prefect flow (`flows/features.py`, over Dask) call exactly these, so both give the same files.
 `finalize` writes the stage's metrics and stats and returns the run's record (timings, shards
 skipped): what differs between two runs of the same work goes to the run log, never to a file.
@@ -369,7 +369,7 @@ class FeatureStage(Protocol):
     def prepare(self, params: Any) -> Any: ...
     def run_shard(self, params: Any, context: Any, shard: Shard) -> dict: ...
     def finalize(
-        self, params: Any, context: Any, shards: list[Shard], manifests: list[dict], seconds: float
+        self, params: Any, context: Any, manifests: list[dict], seconds: float
     ) -> dict: ...
 
 
@@ -394,7 +394,7 @@ def run_local(stage: FeatureStage, params: Any, name: str) -> dict:
             "partly replaced and the rest are as before: run the stage again to finish "
             "(complete shards are kept)"
         ) from None
-    return stage.finalize(params, context, planned, manifests, time.perf_counter() - started)
+    return stage.finalize(params, context, manifests, time.perf_counter() - started)
 
 
 def summarise(manifests: list[dict]) -> dict:

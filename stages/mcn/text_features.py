@@ -144,10 +144,8 @@ def run_shard(params: Params, context: Context, shard: Shard) -> dict:
     return shards.write_shard(params.out, shard.key, digest, tables, record)
 
 
-def finalize(
-    params: Params, context: Context, plan: list[Shard], manifests: list[dict], seconds: float
-) -> dict:
-    """Remove shards of an older plan, write metrics and stats; returns the run's record."""
+def finalize(params: Params, context: Context, manifests: list[dict], seconds: float) -> dict:
+    """Remove what this run's shards do not list, write metrics and stats; the run's record."""
     summary = mcn_corpus.summarise(manifests)
     rows = summary["rows"]
     metrics = {"captions": rows.get("words", 0), "failures": rows.get("failures", 0)}
