@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test lint bench lock clean-venv
+.PHONY: setup repro test lint bench lock clean-venv gpu-exp
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	. $(VENV)/bin/activate && for b in benchmarks/*.py; do python $$b || exit 1; done
+
+# The paper-scale training runs on a GPU machine, as a DVC experiment: params.yaml with the values
+# of params-gpu.yaml laid over it (`dvc exp show` then lists it beside the embedded default).
+gpu-exp: $(STAMP)
+	. $(VENV)/bin/activate && dvc exp run $$(python -m stages.common.params set-args params-gpu.yaml)
 
 # Re-pin after changing pyproject.toml's dependencies (run in a venv with the new set installed).
 lock:

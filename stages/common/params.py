@@ -8,6 +8,7 @@ instead of silently falling back to a default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -23,7 +24,42 @@ PARAMS_FILE = Path("params.yaml")
 
 
 def load_yaml(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    path = Path(path)
+    """A params file; one with `extends: <file>` is that file with these values laid over it."""
+    data = _read_yaml(Path(path))
+    if "extends" not in data:
+        return data
+    base = Path(path).parent / str(data.pop("extends"))
+    if base.resolve() == Path(path).resolve():
+        raise StageError(path, "extends itself")
+    return overlay(load_yaml(base), data)
+
+
+def overlay(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` laid over it, mappings merged key by key."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def set_arguments(path: str | Path) -> list[str]:
+    """The values an `extends` file changes, as `dvc exp run` arguments (-S key=value ...)."""
+    data = _read_yaml(Path(path))
+    data.pop("extends", None)
+
+    def leaves(obj: Any, prefix: str) -> list[str]:
+        if isinstance(obj, dict):
+            return [arg for k, v in obj.items() for arg in leaves(v, f"{prefix}{k}.")]
+        # JSON is YAML, which is how DVC reads the value; compact, so no spaces split it
+        return ["-S", f"{prefix[:-1]}={json.dumps(obj, separators=(',', ':'))}"]
+
+    return leaves(data, "") if data else []
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         with open(path) as handle:
             data = yaml.safe_load(handle)
@@ -112,3 +148,12 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 def _name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+if __name__ == "__main__":
+    # python -m stages.common.params set-args params-gpu.yaml: the -S arguments for dvc exp run
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "set-args":
+        sys.exit("usage: python -m stages.common.params set-args FILE")
+    print(" ".join(set_arguments(sys.argv[2])))
