@@ -43,6 +43,7 @@ from stages.motionmnist.mdbigan import Config, MDBiGAN, init_weights, shrink, to
 
 log = logging.getLogger(__name__)
 STAGE = "mdbigan_train"
+MODULE = "stages.motionmnist.train"  # its import closure is the code digest
 ROWS_STREAM = "mdbigan_train/rows"
 NOT_IN_FINGERPRINT = ("steps", "checkpoint_every")  # training longer continues; cadence is free
 
@@ -232,13 +233,13 @@ def train(params: Params) -> dict[str, Any]:
     generator = torch.Generator(device).manual_seed(params.seed)
 
     inputs = {str(params.data): training.dvc_md5(params.data)}
-    code = code_digest(__name__ if __name__ != "__main__" else "stages.motionmnist.train")
+    code = code_digest(MODULE)
     kept = {k: v for k, v in dataclasses.asdict(params).items() if k not in NOT_IN_FINGERPRINT}
-    print_ = training.fingerprint(kept, inputs, code)
+    fingerprint = training.fingerprint(kept, inputs, code)
     meta = {"inputs": inputs, "code": code, **device_info}
 
     start = 0
-    resume = training.load_resume(params.checkpoint, print_)
+    resume = training.load_resume(params.checkpoint, fingerprint)
     if resume is not None and resume["step"] <= params.steps:
         training.load_state(params.checkpoint, model, resume["model"])
         opt_d.load_state_dict(resume["opt_d"])
@@ -261,7 +262,7 @@ def train(params: Params) -> dict[str, Any]:
         training.save_resume(
             params.checkpoint,
             {
-                "fingerprint": print_,
+                "fingerprint": fingerprint,
                 "step": step,
                 "model": model.state_dict(),
                 "opt_d": opt_d.state_dict(),
