@@ -36,7 +36,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from stages.common import training
+from stages.common import dataset, training
 from stages.common.atomic import atomic_file, write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
@@ -196,7 +196,8 @@ def regenerate(
 # --- pictures -------------------------------------------------------------------------------
 
 
-def scatter_png(path: Path, z: np.ndarray, motion: np.ndarray, seed: int) -> None:
+def scatter_png(path: Path, z: np.ndarray, motion: np.ndarray, names: list[str], seed: int) -> None:
+    """The paper's figure 4: z_M of test videos in 2-D (PCA, t-SNE), one colour per motion."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,13 +208,15 @@ def scatter_png(path: Path, z: np.ndarray, motion: np.ndarray, seed: int) -> Non
         "PCA": PCA(2, random_state=seed).fit_transform(flat),
         "t-SNE": TSNE(2, init="pca", random_state=seed, perplexity=30).fit_transform(flat),
     }
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax, (name, xy) in zip(axes, views.items(), strict=True):
         points = ax.scatter(xy[:, 0], xy[:, 1], c=motion, cmap="tab10", s=4, vmin=0, vmax=9)
         ax.set_title(f"z_M of test videos, {name}")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.legend(*points.legend_elements(), title="motion", loc="center right")
+    handles, _ = points.legend_elements()
+    fig.legend(handles, names, title="motion", loc="center right", fontsize="small")
+    fig.subplots_adjust(right=0.8)
     with atomic_file(path) as handle:
         fig.savefig(handle, format="png", dpi=90, metadata={"Software": None})
     plt.close(fig)
@@ -334,7 +337,8 @@ def evaluate(params: Params) -> dict[str, Any]:
     log.info("pictures")
     shown = np.random.default_rng(params.seed).permutation(len(z_test))[: params.probe_rows]
     shown.sort()  # t-SNE of every test video would take minutes at paper scale
-    scatter_png(params.scatter, z_test[shown], test["motion"][shown], params.seed)
+    names = dataset.describe(params.data)["metadata"]["motions"]
+    scatter_png(params.scatter, z_test[shown], test["motion"][shown], names, params.seed)
     examples = [int(np.flatnonzero(test["motion"] == m)[0]) for m in range(MOTIONS)]
     # rows: a source video, then its regeneration; every other frame
     tiles = np.stack([test["frames"][examples], from_code[examples]], 1)[:, :, ::2]
