@@ -1,0 +1,123 @@
+"""MTRNN (Yamashita & Tani 2008), as seed 000 uses it on the CAE's feature sequences.
+
+Three groups of leaky-integrator units with their own time constants, wired IO <-> fast context
+(Cf) <-> slow context (Cs); the slow context never touches IO directly. Per unit
+
+    u(t+1) = (1 - 1/tau) u(t) + (1/tau) (sum_j w_j y_j(t) + b),    y = tanh(u)
+
+with tau_IO = 2, tau_fast = 5, tau_slow = 70 (../shared/specs/gameplay.md). Every training
+sequence owns a learnable initial slow state Cs(0); weights and all Cs(0) learn by BPTT on
+next-step prediction. Recognition freezes the weights and fits only a new sequence's Cs(0);
+generation runs closed loop from a Cs(0), feeding each output back as the next input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes and time constants; the defaults are the paper's."""
+
+    io: int = 128  # the CAE bottleneck
+    fast: int = 100
+    slow: int = 30
+    tau_io: float = 2.0
+    tau_fast: float = 5.0
+    tau_slow: float = 70.0
+
+    def __post_init__(self) -> None:
+        for name in ("tau_io", "tau_fast", "tau_slow"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (a leak rate 1/tau above 1 diverges)")
+
+
+class MTRNN(nn.Module):
+    """The network; the Cs(0) of the training sequences live in `initial_slow` (one row each)."""
+
+    def __init__(self, config: Config, sequences: int) -> None:
+        super().__init__()
+        c = config
+        self.config = config
+        # what each group hears: IO <- (IO, Cf); Cf <- (IO, Cf, Cs); Cs <- (Cf, Cs)
+        self.to_io = nn.Linear(c.io + c.fast, c.io)
+        self.to_fast = nn.Linear(c.io + c.fast + c.slow, c.fast)
+        self.to_slow = nn.Linear(c.fast + c.slow, c.slow)
+        self.initial_slow = nn.Parameter(torch.zeros(sequences, c.slow))
+        self.register_buffer(
+            "leak",
+            torch.cat([
+                torch.full((c.io,), 1 / c.tau_io),
+                torch.full((c.fast,), 1 / c.tau_fast),
+                torch.full((c.slow,), 1 / c.tau_slow),
+            ]),
+        )  # fmt: skip
+
+    def initial_state(self, cs0: torch.Tensor) -> torch.Tensor:
+        """Internal states u(0): IO and Cf at rest (0), Cs at the sequence's Cs(0)."""
+        c = self.config
+        rest = torch.zeros(cs0.shape[0], c.io + c.fast, device=cs0.device, dtype=cs0.dtype)
+        return torch.cat([rest, cs0], 1)
+
+    def step(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """One leaky update of the states u (batch, io+fast+slow) with IO's activity replaced by
+        the input x (teacher forcing) or by the previous output (closed loop)."""
+        c = self.config
+        y = torch.tanh(u)
+        fast, slow = y[:, c.io : c.io + c.fast], y[:, c.io + c.fast :]
+        drive = torch.cat([
+            self.to_io(torch.cat([x, fast], 1)),
+            self.to_fast(torch.cat([x, fast, slow], 1)),
+            self.to_slow(torch.cat([fast, slow], 1)),
+        ], 1)  # fmt: skip
+        return (1 - self.leak) * u + self.leak * drive
+
+    def forward(self, inputs: torch.Tensor, cs0: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced next-step predictions: inputs (batch, T, io) -> outputs (batch, T, io),
+        output t the prediction of input t+1."""
+        u = self.initial_state(cs0)
+        outputs = []
+        for t in range(inputs.shape[1]):
+            u = self.step(u, inputs[:, t])
+            outputs.append(torch.tanh(u[:, : self.config.io]))
+        return torch.stack(outputs, 1)
+
+    def generate(self, first: torch.Tensor, cs0: torch.Tensor, steps: int) -> torch.Tensor:
+        """Closed loop from the first input: (batch, io) -> (batch, steps, io), each output fed
+        back as the next input."""
+        u, x, outputs = self.initial_state(cs0), first, []
+        for _ in range(steps):
+            u = self.step(u, x)
+            x = torch.tanh(u[:, : self.config.io])
+            outputs.append(x)
+        return torch.stack(outputs, 1)
+
+
+def recognise(
+    model: MTRNN, sequences: torch.Tensor, iterations: int, lr: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Fit Cs(0) for new sequences (batch, T, io) with the weights frozen: the MTRNN's recognition.
+
+    Starts from small random states and minimises the teacher-forced next-step error by Adam.
+    """
+    slow = model.config.slow
+    start = 0.01 * torch.randn(sequences.shape[0], slow, generator=generator)
+    cs0 = nn.Parameter(start.to(sequences.device))
+    optimiser = torch.optim.Adam([cs0], lr=lr)
+    frozen = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        for _ in range(iterations):
+            loss = nn.functional.mse_loss(model(sequences[:, :-1], cs0), sequences[:, 1:])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+    finally:
+        for p, flag in zip(model.parameters(), frozen, strict=True):
+            p.requires_grad_(flag)
+    return cs0.detach()
