@@ -149,6 +149,13 @@ def test_centroids_and_digit_crops_known_answers():
     assert ev.centroids(np.zeros((1, 1, 4, 4), np.uint8)).tolist() == [[[2.0, 2.0]]]
 
 
+def test_travel_is_the_centroid_displacement():
+    frames = np.zeros((2, 3, 16, 16), np.uint8)
+    frames[0, 0, 2, 2] = frames[0, 2, 2, 10] = 255  # moves 8 px right
+    frames[1, :, 5, 5] = 255  # stays
+    assert ev.travel(frames) == pytest.approx(4.0)
+
+
 def test_kmeans_and_probe_scores_on_separable_and_random_features():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(8), 40)
@@ -256,12 +263,15 @@ def test_stages_train_and_evaluate_from_the_cli(tmp_path, videos):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"motion_nmi", "motion_ari", "motion_probe", "digit_probe",
                             "regenerated_motion_agreement",
-                            "regenerated_digit_consistency"}  # fmt: skip
-    assert all(0 <= v <= 1 for v in metrics.values())
+                            "regenerated_digit_consistency",
+                            "regenerated_travel_px"}  # fmt: skip
+    travel = metrics.pop("regenerated_travel_px")
+    assert all(0 <= v <= 1 for v in metrics.values()) and travel >= 0
     baselines = json.loads((out / "baselines.json").read_text())
     assert baselines["pixels_pca"]["motion_probe"] > 0.9  # motion is easy from pixels
     judges = json.loads((out / "judges.json").read_text())
     assert judges["real_motion_accuracy"] > 0.9  # the motion judge is right on real videos
+    assert judges["real_travel_px"] > 5  # real digits cross the (16 px) frame
     curve = (out / "curve.tsv").read_text().splitlines()
     assert curve[0] == "step\tmotion_nmi\tdigit_probe" and len(curve) == 3
     for name in ("scatter", "regenerated"):

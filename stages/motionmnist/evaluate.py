@@ -127,6 +127,13 @@ def centroids(frames: np.ndarray) -> np.ndarray:
     return np.stack([np.where(mass > 0, x, w / 2), np.where(mass > 0, y, h / 2)], -1)
 
 
+def travel(frames: np.ndarray) -> float:
+    """Mean distance (px) the intensity centroid moves from a video's first frame to its last:
+    whether generated videos move at all, beside the real ones."""
+    ends = centroids(frames[:, [0, -1]])
+    return float(np.linalg.norm(ends[:, 1] - ends[:, 0], axis=1).mean())
+
+
 def digit_crops(frames: np.ndarray, size: int) -> np.ndarray:
     """A size x size window around each frame's centroid, (n, T, size*size) float."""
     n, t = frames.shape[:2]
@@ -312,11 +319,13 @@ def evaluate(params: Params) -> dict[str, Any]:
             (judges.motion_of(from_code) == test["motion"]).mean()
         ),
         "regenerated_digit_consistency": judges.digit_consistency(from_code),
+        "regenerated_travel_px": travel(from_code),
     }
     judged = {
         "real_motion_accuracy": float((judges.motion_of(test["frames"]) == test["motion"]).mean()),
         "real_digit_consistency": judges.digit_consistency(test["frames"]),
         "random_motion_agreement": float((judges.motion_of(from_prior) == test["motion"]).mean()),
+        "real_travel_px": travel(test["frames"]),
     }
 
     curve = snapshot_curve(params, train, test, device)
