@@ -89,6 +89,24 @@ def test_one_clip_per_row_with_its_label_sorted_by_recording_then_start(built):
     np.testing.assert_allclose(clips["end"], [4.5, 9.9, 3.5, 6.5])
     assert outcome.stats["clips_per_label"] == {"mushroom": 1, "flower": 1, "stomp": 1, "death": 1}
     assert outcome.failures == []
+    assert set(clips["split"]) <= {"train", "test"}
+
+
+def test_held_out_clips_are_a_seeded_share_of_each_label():
+    """round(fraction * n) of each label's clips, chosen by the seed alone: the same for any
+    order of the rows, other for another seed, and a label's split ignores other labels."""
+    specs = [gc.ClipSpec(r, "rec.mp4", ("a", "b")[r % 2], 0.0, 3.0) for r in range(1, 21)]
+    split = {c.row: c.split for c in gc.assign_splits(specs, 5, 0.25)}
+    for label in "ab":
+        held = [r for r, s in split.items() if s == "test" and specs[r - 1].label == label]
+        assert len(held) == round(0.25 * 10)
+    assert {c.row: c.split for c in gc.assign_splits(specs[::-1], 5, 0.25)} == split
+    assert {c.row: c.split for c in gc.assign_splits(specs, 6, 0.25)} != split
+    only_a = [c for c in specs if c.label == "a"]
+    assert {c.row: c.split for c in gc.assign_splits(only_a, 5, 0.25)} == {
+        r: s for r, s in split.items() if specs[r - 1].label == "a"
+    }
+    assert all(c.split == "train" for c in gc.assign_splits(specs, 5, 0.0))
 
 
 def test_frame_and_sample_counts_follow_the_duration(built):
@@ -360,8 +378,9 @@ def run_cli(cwd: Path, params: Path | None = None, **section) -> subprocess.Comp
     (outputs keep their relative paths, so they land under `cwd`)."""
     if params is None:
         params = cwd / "params.yaml"
-        defaults = yaml.safe_load((ROOT / "params.yaml").read_text())["gameplay_clips"]
-        params.write_text(yaml.safe_dump({"gameplay_clips": defaults | section}))
+        full = yaml.safe_load((ROOT / "params.yaml").read_text())
+        sections = {"base": full["base"], "gameplay_clips": full["gameplay_clips"] | section}
+        params.write_text(yaml.safe_dump(sections))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STAGES_RUN_LOG": str(cwd / "logs")}
     return subprocess.run(
         [sys.executable, "-m", "stages.gameplay.clips", "--params", str(params)],
@@ -396,6 +415,7 @@ def test_cli_writes_dataset_and_reports(corpus, tmp_path):
     }
     stats = json.loads((tmp_path / DEFAULTS.stats).read_text())
     assert stats["clips_per_label"] == {"mushroom": 1, "flower": 1, "stomp": 1, "death": 1}
+    assert stats["clips_per_split"] == {"train": 4, "test": 0}  # round(0.25 * 1) per label
     with open(tmp_path / DEFAULTS.failures) as handle:
         assert list(csv.reader(handle)) == [["row", "recording", "label", "start", "end", "error"]]
     (log,) = (tmp_path / "logs").iterdir()  # timings go to the run log, not the reports

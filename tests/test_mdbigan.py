@@ -291,5 +291,7 @@ def test_stages_train_and_evaluate_from_the_cli(tmp_path, videos):
 def test_bad_params_are_refused_before_work(tmp_path, videos):
     with pytest.raises(StageError, match=r"mdbigan_train\.batch"):
         tr.check(params_of(tiny_params(tmp_path, videos), batch=0))
+    with pytest.raises(StageError, match=r"mdbigan_train\.batch.*train split has"):
+        tr.train(params_of(tiny_params(tmp_path, videos), batch=10_000))
     with pytest.raises(StageError, match="label_noise"):
         tr.check(params_of(tiny_params(tmp_path, videos), label_noise=0.7))

@@ -26,7 +26,7 @@ def test_batches_are_a_function_of_the_step_and_cover_each_epoch():
     epoch1 = training.batch_indices(1, "s", 6, rows, batch)
     assert not np.array_equal(epoch1, epoch0[:8])  # each epoch reshuffled
     assert not np.array_equal(training.batch_indices(1, "t", 0, rows, batch), epoch0[:8])
-    with pytest.raises(StageError, match="batch"):
+    with pytest.raises(ValueError, match="batch"):
         training.batch_indices(1, "s", 0, rows, 51)
 
 

@@ -78,9 +78,7 @@ def batch_indices(seed: int, stream: str, step: int, rows: int, batch: int) -> n
     e), cut into `rows // batch` batches (the incomplete last one dropped). A function of the
     step alone, so resuming at any step replays exactly the batches an unbroken run would see."""
     if not 0 < batch <= rows:
-        raise StageError(
-            "params.yaml: batch", f"must be 1..{rows} (the training rows), got {batch}"
-        )
+        raise ValueError(f"batch {batch} must be 1..{rows} (the rows); check it against the data")
     per_epoch = rows // batch
     epoch, index = divmod(step, per_epoch)
     order = rng(seed, stream, "epoch", epoch).permutation(rows)

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 from pathlib import Path, PurePath
 from typing import Literal
@@ -49,6 +49,7 @@ from stages.common.media import (
     sample_times,
 )
 from stages.common.progress import progress
+from stages.common.seeding import rng
 from stages.common.workers import run_jobs, worker_count, worker_pool
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Window:
 
 @dataclass(frozen=True)
 class Params:
+    seed: int  # the held-out rule's random stream
     recordings: Path  # folder of recordings
     events: Path  # events table (.csv or .parquet)
     out: Path  # the clip dataset (Parquet shards)
@@ -85,6 +87,7 @@ class Params:
     workers: int  # 0 = one per core
     shard_rows: int  # clips per Parquet shard (at most); one worker writes one shard
     compression_level: int  # frames: 1.5x faster to write than level 3, 2% larger
+    test_fraction: float  # share of each label's clips held out (split "test")
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class ClipSpec:
     label: str
     start: float
     end: float
+    split: str = "train"  # "test" when `assign_splits` holds it out
 
     @property
     def duration(self) -> float:
@@ -251,6 +255,18 @@ def parse_rows(events: Events, params: Params) -> list[ClipSpec | str]:
     return out
 
 
+def assign_splits(clips: list[ClipSpec], seed: int, test_fraction: float) -> list[ClipSpec]:
+    """Hold out round(test_fraction * n) of each label's n clips, chosen by a seeded stream per
+    label over the clips in events-table order: a rule of the data, so every model trained on
+    it holds out the same clips, and a clip's split depends only on its label's clips."""
+    held: set[int] = set()
+    for label in sorted({c.label for c in clips}):
+        rows = sorted(c.row for c in clips if c.label == label)
+        order = rng(seed, "gameplay_clips/split", label).permutation(len(rows))
+        held.update(rows[i] for i in order[: round(test_fraction * len(rows))])
+    return [replace(c, split="test" if c.row in held else "train") for c in clips]
+
+
 def check_windows(specs: list[ClipSpec | str], infos: dict[str, MediaInfo]) -> None:
     """Turn rows whose window leaves its (probed) recording into problems, in place."""
     for k, spec in enumerate(specs):
@@ -396,6 +412,7 @@ def _flush(shard: dataset.ShardFile, group: RowGroup, p: Params, result: ShardRe
             "n_samples": np.array(group.n_samples, np.int32),
             "audio": group.audio[:rows],
             "audio_rate": np.full(rows, p.audio_rate, np.int32),
+            "split": [c.split for c in clips],
         }
     )
     for k, clip in enumerate(clips):
@@ -412,7 +429,7 @@ def _flush(shard: dataset.ShardFile, group: RowGroup, p: Params, result: ShardRe
 def schema(params: Params, max_frames: int, max_samples: int) -> dataset.SampleSchema:
     s = params.size
     return dataset.SampleSchema(
-        name="gameplay-clips/v1",
+        name="gameplay-clips/v2",
         doc="Event clips cut from gameplay recordings: frames and the audio of the same span. Rows "
         "are sorted by recording, then start. Arrays are padded with zeros to the longest clip: "
         "frames[:n_frames] and audio[:n_samples] are the clip.",
@@ -432,6 +449,9 @@ def schema(params: Params, max_frames: int, max_samples: int) -> dataset.SampleS
             dataset.Column("n_samples", pa.int32(), "audio samples: round((end - start) * rate)"),
             dataset.ArrayColumn("audio", "float32", (max_samples,), "mono waveform in [-1, 1]"),
             dataset.Column("audio_rate", pa.int32(), "audio sample rate, Hz"),
+            dataset.Column(
+                "split", pa.string(), "train or test: a seeded rule per label (test_fraction)"
+            ),
         ),
         metadata={"fps": params.fps, "size": [s, s], "labels": list(params.labels)},
     )
@@ -506,6 +526,8 @@ def validate_params(p: Params) -> None:
     for key, (value, low, high) in ranges.items():
         if not low <= value <= high:
             raise StageError(f"params.yaml: gameplay_clips.{key}", f"must be {low} to {high}")
+    if not 0 <= p.test_fraction < 1:
+        raise StageError("params.yaml: gameplay_clips.test_fraction", "must be in [0, 1)")
     if not 0 < p.min_success_share <= 1:
         raise StageError("params.yaml: gameplay_clips.min_success_share", "must be in (0, 1]")
     if len(set(p.labels)) != len(p.labels) or not p.labels:
@@ -529,7 +551,9 @@ def build(params: Params) -> Outcome:
         check_windows(specs, infos)
         raise_bad_rows(specs, events, params.events)
         clips = sorted(
-            (s for s in specs if isinstance(s, ClipSpec)),
+            assign_splits(
+                [s for s in specs if isinstance(s, ClipSpec)], params.seed, params.test_fraction
+            ),
             key=lambda s: (s.recording, s.start, s.row),
         )
         failures = [_failure(c, broken[c.recording]) for c in clips if c.recording in broken]
@@ -563,6 +587,7 @@ def build(params: Params) -> Outcome:
     stats = {
         "clips": total.rows,
         "clips_per_label": total.per_label,
+        "clips_per_split": split_counts(todo, failures),
         "frames": total.frames,
         "audio_seconds": round(total.samples / params.audio_rate, 3),
         "failures": len(failures),
@@ -578,6 +603,13 @@ def build(params: Params) -> Outcome:
         "events": {"path": str(params.events), "sha256": file_digest(params.events)},
     }
     return Outcome(stats, sorted(failures, key=lambda f: f["row"]), total.sheet, workers)
+
+
+def split_counts(todo: list[ClipSpec], failures: list[dict]) -> dict[str, int]:
+    """Clips written per split (those that failed while cutting are not)."""
+    failed = {f["row"] for f in failures}
+    written = [c.split for c in todo if c.row not in failed]
+    return {split: written.count(split) for split in ("train", "test")}
 
 
 def _merge(total: ShardResult, part: ShardResult) -> None:

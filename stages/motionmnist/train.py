@@ -221,6 +221,10 @@ def train(params: Params) -> dict[str, Any]:
     rows = training.load_split(params.data, "train", ["frames"])
     videos = shrink(torch.from_numpy(rows["frames"]), params.downsample).to(device)  # resident
     count, frames, size, _ = videos.shape
+    if params.batch > count:
+        raise StageError(
+            f"params.yaml: {STAGE}.batch", f"{params.batch} videos, but the train split has {count}"
+        )
 
     config = Config(frames=frames, size=size, **dataclasses.asdict(params.model_config))
     model = MDBiGAN(config)
