@@ -1,0 +1,184 @@
+"""Stage `mtrnn_train`: the MTRNN on the CAE's feature sequences of the training clips (seed 000).
+
+    python -m stages.gameplay.mtrnn_train [--params FILE]
+
+The paper's second step. The trained CAE (frozen) turns every `frame_stride`-th frame of each
+`train` clip into its 128-d feature; the MTRNN (`stages/gameplay/mtrnn.py`) learns all the
+sequences at once by BPTT on next-step prediction, each clip with its own learnable initial slow
+state Cs(0). Clips differ in length: the loss counts each clip's real steps only.
+
+Outputs: `models/mtrnn.pt` (weights with the Cs(0) of each training clip, the clip ids in that
+order, config, the hashes of the clips and the CAE, code digest), resume state, DVCLive curve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stages.common import training
+from stages.common.cli import run_stage
+from stages.common.closure import code_digest
+from stages.common.errors import StageError
+from stages.common.progress import progress
+from stages.gameplay.cae import CAE
+from stages.gameplay.cae import Config as CAEConfig
+from stages.gameplay.cae_train import to_input
+from stages.gameplay.mtrnn import MTRNN, Config
+
+STAGE = "mtrnn_train"
+MODULE = "stages.gameplay.mtrnn_train"
+NOT_IN_FINGERPRINT = ("steps", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    fast: int
+    slow: int
+    tau_io: float
+    tau_fast: float
+    tau_slow: float
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    clips: Path
+    cae: Path  # the trained CAE (cae_train's model)
+    model: Path
+    checkpoint: Path
+    live: Path
+    device: str
+    threads: int
+    model_config: ModelParams
+    frame_stride: int  # every n-th frame: the sequence's time step
+    steps: int  # full-batch BPTT steps over all training clips
+    lr: float
+    log_every: int
+    checkpoint_every: int
+
+
+def check(params: Params) -> None:
+    for key in ("frame_stride", "steps", "log_every", "checkpoint_every"):
+        if getattr(params, key) < 1:
+            raise StageError(f"params.yaml: {STAGE}.{key}", "must be at least 1")
+    if not 0 < params.lr < 1:
+        raise StageError(f"params.yaml: {STAGE}.lr", f"must be in (0, 1), got {params.lr}")
+    try:
+        Config(io=1, **dataclasses.asdict(params.model_config))
+    except ValueError as exc:
+        raise StageError(f"params.yaml: {STAGE}.model_config", str(exc)) from None
+
+
+def load_cae(path: Path, device: Any) -> CAE:
+    config, record = training.load_model(path, CAEConfig)
+    cae = CAE(config)
+    training.load_state(path, cae, record["state_dict"])
+    return cae.to(device).eval()
+
+
+def feature_sequences(
+    cae: CAE, clips: Path, split: str, stride: int, device: Any
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """CAE features of every `stride`-th frame of the split's clips, zero-padded:
+    (clips, T, bottleneck), the sequence lengths (clips,), and the clip ids."""
+    rows = training.load_split(clips, split, ["clip_id", "frames", "n_frames"])
+    lengths = torch.tensor([len(range(0, n, stride)) for n in rows["n_frames"]])
+    out = torch.zeros(len(lengths), int(lengths.max()), cae.config.bottleneck, device=device)
+    with torch.no_grad():
+        for k, (video, n) in enumerate(zip(rows["frames"], rows["n_frames"], strict=True)):
+            frames = torch.from_numpy(video[:n:stride]).to(device)
+            out[k, : len(frames)] = cae.encode(to_input(frames))
+    return out, lengths.to(device), rows["clip_id"]
+
+
+def prediction_loss(
+    outputs: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared next-step error over each sequence's real steps (targets t = 1..length-1)."""
+    steps = torch.arange(targets.shape[1], device=targets.device)
+    real = (steps[None, :] < (lengths[:, None] - 1)).float()[..., None]
+    return ((outputs - targets) ** 2 * real).sum() / (real.sum() * targets.shape[2])
+
+
+def train(params: Params) -> dict[str, Any]:
+    check(params)
+    device, device_info = training.prepare_torch(params.seed, params.device, params.threads, STAGE)
+    cae = load_cae(params.cae, device)
+    sequences, lengths, clip_ids = feature_sequences(
+        cae, params.clips, "train", params.frame_stride, device
+    )
+    if int(lengths.min()) < 2:
+        raise StageError(
+            params.clips, "a training clip has fewer than 2 frames at this frame_stride"
+        )
+    config = Config(io=cae.config.bottleneck, **dataclasses.asdict(params.model_config))
+    model = MTRNN(config, sequences=len(clip_ids)).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), params.lr)
+
+    inputs = {
+        str(params.clips): training.dvc_md5(params.clips),
+        str(params.cae): training.dvc_md5(params.cae),
+    }
+    code = code_digest(MODULE)
+    kept = {k: v for k, v in dataclasses.asdict(params).items() if k not in NOT_IN_FINGERPRINT}
+    fingerprint = training.fingerprint(kept, inputs, code)
+
+    start, loss_sum = 0, torch.zeros((), device=device)
+    resume = training.load_resume(params.checkpoint, fingerprint)
+    if resume is not None and resume["step"] <= params.steps:
+        training.load_state(params.checkpoint, model, resume["model"])
+        optimiser.load_state_dict(resume["optimiser"])
+        start, loss_sum = resume["step"], resume["loss_sum"].to(device)
+    live = training.open_live(params.live, start or None)
+
+    started = time.perf_counter()
+    for step in progress(
+        range(start, params.steps), desc=STAGE, total=params.steps - start, unit="step"
+    ):
+        outputs = model(sequences[:, :-1], model.initial_slow)  # fp32: BPTT through 70-step leaks
+        loss = prediction_loss(outputs, sequences[:, 1:], lengths)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        loss_sum = loss_sum + loss.detach()
+        done = step + 1
+        if done % params.log_every == 0:
+            live.step = done
+            live.log_metric("train/next_step_mse", loss_sum.item() / params.log_every)
+            live.make_summary()
+            loss_sum = torch.zeros((), device=device)
+        if done % params.checkpoint_every == 0 or done == params.steps:
+            training.save_resume(params.checkpoint, {
+                "fingerprint": fingerprint, "step": done, "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(), "loss_sum": loss_sum.cpu(),
+            })  # fmt: skip
+    seconds = time.perf_counter() - started
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    training.save_model(params.model, {
+        "state_dict": state, "config": dataclasses.asdict(config), "step": params.steps,
+        "clip_ids": torch.from_numpy(clip_ids.astype(np.int64)), "inputs": inputs, "code": code,
+        **device_info,
+    })  # fmt: skip
+    live.end()
+    return {
+        "train_seconds": round(seconds, 2),
+        "steps_per_s": round((params.steps - start) / max(seconds, 1e-9), 2),
+        "resumed_at": start,
+        **device_info,
+    }
+
+
+def main(params: Params) -> dict[str, Any]:
+    """Train the MTRNN on the CAE features of the training clips."""
+    return train(params)
+
+
+if __name__ == "__main__":
+    run_stage(STAGE, Params, main)
