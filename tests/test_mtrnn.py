@@ -79,7 +79,7 @@ def test_recognition_recovers_the_cs0_of_a_sequence_the_network_generated():
         sequence = torch.cat([first[:, None], net.generate(first, truth, 24)], 1)
     weights = [p.clone() for p in net.parameters()]
     found = recognise(
-        net, sequence, iterations=600, lr=0.05, generator=torch.Generator().manual_seed(0)
+        net, sequence, torch.tensor([25]), 600, 0.05, torch.Generator().manual_seed(0)
     )
     assert all(torch.equal(a, b) for a, b in zip(weights, net.parameters(), strict=True))
     with torch.no_grad():

@@ -21,7 +21,7 @@ from stages.common.params import load_section
 from stages.gameplay import cae_train as ct
 from stages.gameplay import mtrnn_train as mt
 from stages.gameplay.cae_train import to_input
-from stages.gameplay.mtrnn import Config
+from stages.gameplay.mtrnn import Config, prediction_loss
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_the_loss_counts_real_steps_only():
     targets = torch.zeros(2, 4, 1)
     outputs = torch.zeros(2, 4, 1)
     outputs[0, 3] = outputs[1, 1] = 10.0  # past the end of sequence 0 (length 3): ignored
-    loss = mt.prediction_loss(outputs, targets, torch.tensor([3, 5]))
+    loss = prediction_loss(outputs, targets, torch.tensor([3, 5]))
     assert loss.item() == pytest.approx(100.0 / 6)  # 2 + 4 real steps, one error of 10
 
 

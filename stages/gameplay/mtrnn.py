@@ -97,12 +97,26 @@ class MTRNN(nn.Module):
         return torch.stack(outputs, 1)
 
 
-def recognise(
-    model: MTRNN, sequences: torch.Tensor, iterations: int, lr: float, generator: torch.Generator
+def prediction_loss(
+    outputs: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor
 ) -> torch.Tensor:
-    """Fit Cs(0) for new sequences (batch, T, io) with the weights frozen: the MTRNN's recognition.
+    """Mean squared next-step error over each sequence's real steps (targets t = 1..length-1)."""
+    steps = torch.arange(targets.shape[1], device=targets.device)
+    real = (steps[None, :] < (lengths[:, None] - 1)).float()[..., None]
+    return ((outputs - targets) ** 2 * real).sum() / (real.sum() * targets.shape[2])
 
-    Starts from small random states and minimises the teacher-forced next-step error by Adam.
+
+def recognise(
+    model: MTRNN,
+    sequences: torch.Tensor,
+    lengths: torch.Tensor,
+    iterations: int,
+    lr: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Fit Cs(0) for new sequences (batch, T, io; the first `lengths` steps real) with the weights
+    frozen: the MTRNN's recognition. Starts from small random states and minimises the
+    teacher-forced next-step error by Adam.
     """
     slow = model.config.slow
     start = 0.01 * torch.randn(sequences.shape[0], slow, generator=generator)
@@ -113,7 +127,7 @@ def recognise(
         p.requires_grad_(False)
     try:
         for _ in range(iterations):
-            loss = nn.functional.mse_loss(model(sequences[:, :-1], cs0), sequences[:, 1:])
+            loss = prediction_loss(model(sequences[:, :-1], cs0), sequences[:, 1:], lengths)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

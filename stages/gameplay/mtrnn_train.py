@@ -30,7 +30,7 @@ from stages.common.progress import progress
 from stages.gameplay.cae import CAE
 from stages.gameplay.cae import Config as CAEConfig
 from stages.gameplay.cae_train import to_input
-from stages.gameplay.mtrnn import MTRNN, Config
+from stages.gameplay.mtrnn import MTRNN, Config, prediction_loss
 
 STAGE = "mtrnn_train"
 MODULE = "stages.gameplay.mtrnn_train"
@@ -98,15 +98,6 @@ def feature_sequences(
     return out, lengths.to(device), rows["clip_id"]
 
 
-def prediction_loss(
-    outputs: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor
-) -> torch.Tensor:
-    """Mean squared next-step error over each sequence's real steps (targets t = 1..length-1)."""
-    steps = torch.arange(targets.shape[1], device=targets.device)
-    real = (steps[None, :] < (lengths[:, None] - 1)).float()[..., None]
-    return ((outputs - targets) ** 2 * real).sum() / (real.sum() * targets.shape[2])
-
-
 def train(params: Params) -> dict[str, Any]:
     check(params)
     device, device_info = training.prepare_torch(params.seed, params.device, params.threads, STAGE)
@@ -163,7 +154,8 @@ def train(params: Params) -> dict[str, Any]:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     training.save_model(params.model, {
         "state_dict": state, "config": dataclasses.asdict(config), "step": params.steps,
-        "clip_ids": torch.from_numpy(clip_ids.astype(np.int64)), "inputs": inputs, "code": code,
+        "clip_ids": torch.from_numpy(clip_ids.astype(np.int64)),
+        "frame_stride": params.frame_stride, "inputs": inputs, "code": code,
         **device_info,
     })  # fmt: skip
     live.end()

@@ -1,0 +1,203 @@
+"""Stage `cae_mtrnn_evaluate`: the paper's three-way comparison, measured (seed 000).
+
+    python -m stages.gameplay.evaluate [--params FILE]
+
+For every clip of both splits (train: the clips the models learnt; test: held out by the clip
+stage's seeded rule), against (1) the original frames at the models' frame step:
+(2) CAE-only, each frame encoded and decoded; (3) MTRNN recognise-then-generate, as the paper ran
+it: the weights frozen, Cs(0) fitted to the clip's CAE features, then a closed loop from the first
+feature, every generated feature decoded by the CAE. PSNR and SSIM per frame, averaged over clips
+by step index (the curve that shows the paper's drift, a DVC plot) and over everything (the
+metrics). Beside them the trivial baselines, so a number means something: the clip's first frame
+held still, and the clip's mean frame. Strips (original / CAE / MTRNN) per event kind of held-out
+clips are the paper's pictures.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from skimage.metrics import structural_similarity
+
+from stages.common import training
+from stages.common.atomic import atomic_file, write_json
+from stages.common.cli import run_stage
+from stages.common.errors import StageError
+from stages.common.images import save_grid
+from stages.gameplay.mtrnn import MTRNN, Config, recognise
+from stages.gameplay.mtrnn_train import feature_sequences, load_cae
+
+log = logging.getLogger(__name__)
+STAGE = "cae_mtrnn_evaluate"
+METHODS = ("cae", "mtrnn", "first_frame", "mean_frame")
+STRIP_FRAMES = 8
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    clips: Path
+    cae: Path
+    mtrnn: Path
+    device: str
+    threads: int
+    recognise_steps: int  # Adam steps fitting each clip's Cs(0)
+    recognise_lr: float
+    metrics: Path  # PSNR and SSIM of CAE-only and MTRNN, per split
+    baselines: Path  # the same for the first frame held and the mean frame
+    stats: Path
+    curve: Path  # TSV: PSNR by step index, per split and method
+    strips: Path  # PNG: original / CAE / MTRNN of one held-out clip per event kind
+
+
+# --- pure functions -------------------------------------------------------------------------
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two float frames in [0, 1] (capped at 100 dB for identical frames)."""
+    mse = float(np.mean((a - b) ** 2))
+    return 100.0 if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM (Wang et al. 2004; scikit-image's, 7x7 windows) of two (H, W, 3) frames in [0, 1]."""
+    return float(structural_similarity(a, b, channel_axis=-1, data_range=1.0))
+
+
+def compare(original: np.ndarray, versions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per method, (steps - 1, 2) PSNR and SSIM of frames 1.. of each version against the
+    original's (frame 0 is where recognise-then-generate starts: no method is scored on it)."""
+    return {
+        name: np.array(
+            [[psnr(v[t], original[t]), ssim(v[t], original[t])] for t in range(1, len(original))]
+        )
+        for name, v in versions.items()
+    }
+
+
+def versions_of(
+    original: np.ndarray, cae_frames: np.ndarray, mtrnn_frames: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The four versions of one clip's frames (steps, H, W, 3) in [0, 1]."""
+    held = np.broadcast_to(original[0], original.shape)
+    mean = np.broadcast_to(original.mean(0), original.shape)
+    return {"cae": cae_frames, "mtrnn": mtrnn_frames, "first_frame": held, "mean_frame": mean}
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+def decode(cae: Any, features: torch.Tensor) -> np.ndarray:
+    """CAE-decoded frames (n, H, W, 3) float in [0, 1]."""
+    with torch.no_grad():
+        return cae.decode(features).permute(0, 2, 3, 1).float().cpu().numpy()
+
+
+def evaluate_split(
+    params: Params, cae: Any, mtrnn: MTRNN, split: str, stride: int, device: Any
+) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
+    """Scores of every clip of `split`, and what the strips need."""
+    features, lengths, _ = feature_sequences(cae, params.clips, split, stride, device)
+    rows = training.load_split(params.clips, split, ["frames", "n_frames", "label"])
+    generator = torch.Generator().manual_seed(params.seed)
+    cs0 = recognise(
+        mtrnn, features, lengths, params.recognise_steps, params.recognise_lr, generator
+    )
+    with torch.no_grad():
+        generated = mtrnn.generate(features[:, 0], cs0, features.shape[1] - 1)
+    scores, shown = [], {}
+    for k, (video, n) in enumerate(zip(rows["frames"], rows["n_frames"], strict=True)):
+        steps = int(lengths[k])
+        original = video[:n:stride].astype(np.float32) / 255.0
+        rebuilt = decode(cae, features[k, :steps])
+        # generated[t - 1] is the closed loop's step t; frame 0 is the recognised start
+        dreamt = np.concatenate([rebuilt[:1], decode(cae, generated[k, : steps - 1])])
+        versions = versions_of(original, rebuilt, dreamt)
+        scores.append(compare(original, versions))
+        label = str(rows["label"][k])
+        if label not in shown:
+            pick = np.linspace(0, steps - 1, STRIP_FRAMES).round().astype(int)
+            shown[label] = np.stack([original[pick], rebuilt[pick], dreamt[pick]])
+    return scores, shown
+
+
+def summary(scores: list[dict[str, np.ndarray]], method: str) -> tuple[float, float]:
+    """Mean PSNR and SSIM of a method over every scored frame of every clip."""
+    both = np.concatenate([s[method] for s in scores])
+    return float(both[:, 0].mean()), float(both[:, 1].mean())
+
+
+def by_step(scores: list[dict[str, np.ndarray]], method: str) -> np.ndarray:
+    """Mean PSNR at each step index over the clips that reach it."""
+    longest = max(len(s[method]) for s in scores)
+    return np.array(
+        [np.mean([s[method][t, 0] for s in scores if len(s[method]) > t]) for t in range(longest)]
+    )
+
+
+def evaluate(params: Params) -> dict[str, Any]:
+    if params.recognise_steps < 1 or not 0 < params.recognise_lr < 10:
+        raise StageError(f"params.yaml: {STAGE}.recognise_steps", "steps >= 1 and 0 < lr < 10")
+    device, device_info = training.prepare_torch(params.seed, params.device, params.threads, STAGE)
+    cae = load_cae(params.cae, device)
+    config, record = training.load_model(params.mtrnn, Config)
+    mtrnn = MTRNN(config, sequences=len(record["clip_ids"]))
+    training.load_state(params.mtrnn, mtrnn, record["state_dict"])
+    mtrnn.to(device).eval()
+    stride = int(record["frame_stride"])
+
+    results, curves, strips = {}, {}, {}
+    for split in ("train", "test"):
+        log.info("%s clips: recognise, generate, compare", split)
+        scores, shown = evaluate_split(params, cae, mtrnn, split, stride, device)
+        results[split] = {m: summary(scores, m) for m in METHODS}
+        curves[split] = {m: by_step(scores, m) for m in METHODS}
+        if split == "test":
+            strips = shown
+    metrics = {s: {f"{m}_{k}": round(results[s][m][i], 4) for m in ("cae", "mtrnn")
+                   for i, k in enumerate(("psnr", "ssim"))} for s in results}  # fmt: skip
+    baselines = {s: {f"{m}_{k}": round(results[s][m][i], 4) for m in ("first_frame", "mean_frame")
+                     for i, k in enumerate(("psnr", "ssim"))} for s in results}  # fmt: skip
+    write_json(params.metrics, metrics)
+    write_json(params.baselines, baselines)
+    write_json(
+        params.stats,
+        {"frame_stride": stride, "recognise_steps": params.recognise_steps, **device_info},
+    )
+    write_curve(params.curve, curves)
+    labels = sorted(strips)
+    tiles = np.concatenate([strips[label] for label in labels])  # 3 rows per event kind
+    save_grid(params.strips, (tiles * 255).round().astype(np.uint8))
+    return device_info
+
+
+def write_curve(path: Path, curves: dict[str, dict[str, np.ndarray]]) -> None:
+    """One row per step index: PSNR of every split and method (empty past a split's end)."""
+    columns = [f"{s}_{m}_psnr" for s in curves for m in METHODS]
+    longest = max(len(c) for split in curves.values() for c in split.values())
+    with atomic_file(path, "w") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["step", *columns])
+        for t in range(longest):
+            values = [
+                curves[s][m][t] if t < len(curves[s][m]) else "" for s in curves for m in METHODS
+            ]
+            writer.writerow([t + 1, *(f"{v:.3f}" if v != "" else "" for v in values)])
+
+
+def main(params: Params) -> dict[str, Any]:
+    """Compare originals, CAE-only and MTRNN recognise-then-generate on train and held-out clips."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(params.threads):
+        return evaluate(params)
+
+
+if __name__ == "__main__":
+    run_stage(STAGE, Params, main)
