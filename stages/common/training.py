@@ -32,6 +32,7 @@ from stages.common import dataset
 from stages.common.atomic import atomic_file
 from stages.common.device import device_record, resolve_device
 from stages.common.errors import StageError
+from stages.common.hashing import file_digest
 from stages.common.seeding import rng, seed_torch
 
 log = logging.getLogger(__name__)
@@ -89,24 +90,16 @@ def dvc_md5(path: str | Path) -> str:
     """DVC 3's hash of a file (md5 of its bytes) or directory (`<md5 of its listing>.dir`)."""
     path = Path(path)
     if path.is_file():
-        return _md5_file(path)
+        return file_digest(path, "md5")
     if not path.is_dir():
         raise StageError(path, "input not found (run its stage first: dvc repro)")
     listing = [
-        {"md5": _md5_file(f), "relpath": f.relative_to(path).as_posix()}
+        {"md5": file_digest(f, "md5"), "relpath": f.relative_to(path).as_posix()}
         for f in sorted(path.rglob("*"))
         if f.is_file()
     ]
     listing.sort(key=lambda entry: entry["relpath"])
     return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
-
-
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(params: Mapping[str, Any], inputs: Mapping[str, str], code: str) -> str:
