@@ -53,10 +53,11 @@ def params_of(path: Path, **changes) -> mt.Params:
 
 def test_features_are_the_caes_encoding_of_the_train_frames_zero_padded(clips, cae):  # noqa: F811
     model = mt.load_cae(cae, torch.device("cpu"))
-    features, lengths, ids = mt.feature_sequences(model, clips, "train", 2, torch.device("cpu"))
-    assert ids.tolist() == [1, 3, 4, 6] and lengths.tolist() == [3, 4, 5, 6]
+    rows = training.load_split(clips, "train", ["clip_id", "frames", "n_frames"])
+    features, lengths = mt.feature_sequences(model, rows, 2, torch.device("cpu"))
+    assert rows["clip_id"].tolist() == [1, 3, 4, 6] and lengths.tolist() == [3, 4, 5, 6]
     assert features.shape == (4, 6, 8)
-    frames = training.load_split(clips, "train", ["frames"])["frames"]
+    frames = rows["frames"]
     with torch.no_grad():
         expected = model.encode(to_input(torch.from_numpy(frames[1, 0:8:2])))
     assert torch.allclose(features[1, :4], expected)

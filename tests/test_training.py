@@ -13,6 +13,7 @@ from dvc_data.hashfile.meta import Meta
 from dvc_data.hashfile.tree import Tree
 
 from stages.common import training
+from stages.common.closure import code_digest
 from stages.common.errors import StageError
 from stages.common.params import load_yaml, set_arguments
 
@@ -128,3 +129,24 @@ def test_params_file_extends_another_and_gives_dvc_exp_arguments(tmp_path):
     (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
     with pytest.raises(StageError, match="extends itself"):
         load_yaml(tmp_path / "loop.yaml")
+
+
+def test_provenance_ignores_only_the_resumable_changes(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class P:
+        lr: float
+        steps: int
+        checkpoint_every: int
+
+    data = tmp_path / "x.bin"
+    data.write_bytes(b"abc")
+    first = training.provenance(P(0.1, 10, 5), "stages.common.training", [data])
+    assert first.inputs == {str(data): training.dvc_md5(data)}
+    assert first.code == code_digest("stages.common.training")
+    longer = training.provenance(P(0.1, 99, 7), "stages.common.training", [data])
+    assert longer.fingerprint == first.fingerprint
+    assert training.provenance(P(0.2, 10, 5), "stages.common.training", [data]).fingerprint != (
+        first.fingerprint
+    )

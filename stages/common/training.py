@@ -4,15 +4,15 @@ The loops themselves live beside their models (`stages/<area>/train.py`): they d
 share. This module gives them the same footing:
 
 - `prepare_torch`: seeded, deterministic torch on the device the params ask for, pinned threads;
-- `load_split` / `batch_indices`: the rows of one split of a sample dataset (small enough here
+- `load_splits` / `batch_indices`: the rows of one split of a sample dataset (small enough here
   to live on the device, so the GPU never waits for a loader), and the batch of any step from a
   named, epoch-keyed random stream, so the order depends on neither worker count nor resume
   point;
 - `save_model` / `load_model`: atomic model files that rebuild their model alone, refused in one
   line when corrupt or mismatched;
-- `fingerprint`, `save_resume` / `load_resume`: resume state used only when the params section,
-  the input hashes and the code digest all match;
-- `dvc_md5`: DVC's own hash of an input, for the model file's provenance record;
+- `provenance` (input DVC hashes, code digest, resume fingerprint), `model_record`,
+  `save_resume` / `load_resume`: resume state used only when the params section, the input
+  hashes and the code digest all match;
 - `open_live`: DVCLive set up the project's way, trimmed back to the resume point.
 """
 
@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from stages.common import dataset
 from stages.common.atomic import atomic_file
+from stages.common.closure import code_digest
 from stages.common.device import device_record, resolve_device
 from stages.common.errors import StageError
 from stages.common.hashing import file_digest
@@ -49,6 +51,9 @@ def prepare_torch(seed: int, device: str, threads: int, key: str) -> tuple[Any, 
     if threads < 1:
         raise StageError(f"params.yaml: {key}.threads", f"must be at least 1, got {threads}")
     torch.set_num_threads(threads)
+    # scikit-learn's and numpy's BLAS / OpenMP pools as wide as torch's: unbounded, two stages
+    # side by side on a 16-core GPU machine spun each other's threads past a 170 s limit
+    threadpool_limits(threads)
     seed_torch(seed)
     name = resolve_device(device, f"{key}.device")
     record = device_record(name) | {"precision": "bf16-autocast" if name == "cuda" else "fp32"}
@@ -61,17 +66,27 @@ def prepare_torch(seed: int, device: str, threads: int, key: str) -> tuple[Any, 
     return torch.device(name), record
 
 
-def load_split(directory: str | Path, split: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    """The rows of one `split` of a sample dataset, as numpy columns (the data stage's split)."""
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+def load_splits(
+    directory: str | Path, splits: Sequence[str], columns: Sequence[str]
+) -> dict[str, dict[str, np.ndarray]]:
+    """The rows of each of `splits` (the data stage's `split` column), as numpy columns, in one
+    pass over the dataset."""
+    parts = {s: {c: [] for c in columns} for s in splits}
     for batch in dataset.iter_batches(directory, [*columns, "split"]):
-        keep = batch["split"] == split
-        for column in columns:
-            parts[column].append(batch[column][keep])
-    rows = {c: np.concatenate(v) for c, v in parts.items()}
-    if len(rows[columns[0]]) == 0:
-        raise StageError(directory, f"no rows in the {split!r} split")
-    return rows
+        for split in splits:
+            keep = batch["split"] == split
+            for column in columns:
+                parts[split][column].append(batch[column][keep])
+    found = {s: {c: np.concatenate(v) for c, v in cols.items()} for s, cols in parts.items()}
+    for split, rows in found.items():
+        if len(rows[columns[0]]) == 0:
+            raise StageError(directory, f"no rows in the {split!r} split")
+    return found
+
+
+def load_split(directory: str | Path, split: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """The rows of one `split` of a sample dataset (see `load_splits`)."""
+    return load_splits(directory, [split], columns)[split]
 
 
 def batch_indices(seed: int, stream: str, step: int, rows: int, batch: int) -> np.ndarray:
@@ -100,6 +115,43 @@ def dvc_md5(path: str | Path) -> str:
     ]
     listing.sort(key=lambda entry: entry["relpath"])
     return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+# Changing these continues a run instead of invalidating it: more steps, another checkpoint cadence.
+RESUMABLE_CHANGES = ("steps", "checkpoint_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """What a training run is a function of: its inputs' DVC hashes and its code's digest, and
+    the fingerprint its resume state must match."""
+
+    inputs: dict[str, str]
+    code: str
+    fingerprint: str
+
+
+def provenance(params: Any, module: str, inputs: Sequence[str | Path]) -> Provenance:
+    """Hash a training stage's `inputs`, digest `module`'s import closure, and fingerprint them
+    with its params (a dataclass; `RESUMABLE_CHANGES` left out)."""
+    hashes = {str(path): dvc_md5(path) for path in inputs}
+    code = code_digest(module)
+    kept = {k: v for k, v in dataclasses.asdict(params).items() if k not in RESUMABLE_CHANGES}
+    return Provenance(hashes, code, fingerprint(kept, hashes, code))
+
+
+def model_record(
+    state_dict: Mapping[str, Any], config: Any, step: int, source: Provenance, **extra: Any
+) -> dict[str, Any]:
+    """A model file's record: CPU copies of the weights, the config, the step, the provenance."""
+    return {
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "config": dataclasses.asdict(config),
+        "step": step,
+        "inputs": source.inputs,
+        "code": source.code,
+        **extra,
+    }
 
 
 def fingerprint(params: Mapping[str, Any], inputs: Mapping[str, str], code: str) -> str:

@@ -14,7 +14,6 @@ curves (the loss) and a grid of frames beside their reconstructions every `sampl
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ import torch.nn.functional as F
 
 from stages.common import training
 from stages.common.cli import run_stage
-from stages.common.closure import code_digest
 from stages.common.errors import StageError
 from stages.common.images import save_grid
 from stages.common.progress import progress
@@ -35,7 +33,6 @@ from stages.gameplay.cae import CAE, Config
 STAGE = "cae_train"
 MODULE = "stages.gameplay.cae_train"  # its import closure is the code digest
 ROWS_STREAM = "cae_train/rows"
-NOT_IN_FINGERPRINT = ("steps", "checkpoint_every")  # training longer continues; cadence is free
 
 
 @dataclass(frozen=True)
@@ -117,13 +114,10 @@ def train(params: Params) -> dict[str, Any]:
     model = CAE(config).to(device)
     optimiser = torch.optim.Adam(model.parameters(), params.lr)
 
-    inputs = {str(params.clips): training.dvc_md5(params.clips)}
-    code = code_digest(MODULE)
-    kept = {k: v for k, v in dataclasses.asdict(params).items() if k not in NOT_IN_FINGERPRINT}
-    fingerprint = training.fingerprint(kept, inputs, code)
+    source = training.provenance(params, MODULE, [params.clips])
 
     start, loss_sum = 0, torch.zeros((), device=device)
-    resume = training.load_resume(params.checkpoint, fingerprint)
+    resume = training.load_resume(params.checkpoint, source.fingerprint)
     if resume is not None and resume["step"] <= params.steps:
         training.load_state(params.checkpoint, model, resume["model"])
         optimiser.load_state_dict(resume["optimiser"])
@@ -157,15 +151,12 @@ def train(params: Params) -> dict[str, Any]:
             save_grid(path, reconstruction_tiles(model, shown))
         if done % params.checkpoint_every == 0 or done == params.steps:
             training.save_resume(params.checkpoint, {
-                "fingerprint": fingerprint, "step": done, "model": model.state_dict(),
+                "fingerprint": source.fingerprint, "step": done, "model": model.state_dict(),
                 "optimiser": optimiser.state_dict(), "loss_sum": loss_sum.cpu(),
             })  # fmt: skip
     seconds = time.perf_counter() - started
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    training.save_model(params.model, {
-        "state_dict": state, "config": dataclasses.asdict(config), "step": params.steps,
-        "inputs": inputs, "code": code, **device_info,
-    })  # fmt: skip
+    record = training.model_record(model.state_dict(), config, params.steps, source, **device_info)
+    training.save_model(params.model, record)
     live.end()
     return {
         "train_seconds": round(seconds, 2),

@@ -100,11 +100,10 @@ def decode(cae: Any, features: torch.Tensor) -> np.ndarray:
 
 
 def evaluate_split(
-    params: Params, cae: Any, mtrnn: MTRNN, split: str, stride: int, device: Any
+    params: Params, cae: Any, mtrnn: MTRNN, rows: dict[str, np.ndarray], stride: int, device: Any
 ) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
-    """Scores of every clip of `split`, and what the strips need."""
-    features, lengths, _ = feature_sequences(cae, params.clips, split, stride, device)
-    rows = training.load_split(params.clips, split, ["frames", "n_frames", "label"])
+    """Scores of every clip of one split (`rows`), and what the strips need."""
+    features, lengths = feature_sequences(cae, rows, stride, device)
     generator = torch.Generator().manual_seed(params.seed)
     cs0 = recognise(
         mtrnn, features, lengths, params.recognise_steps, params.recognise_lr, generator
@@ -152,10 +151,11 @@ def evaluate(params: Params) -> dict[str, Any]:
     mtrnn.to(device).eval()
     stride = int(record["frame_stride"])
 
+    splits = training.load_splits(params.clips, ("train", "test"), ["frames", "n_frames", "label"])
     results, curves, strips = {}, {}, {}
-    for split in ("train", "test"):
+    for split, rows in splits.items():
         log.info("%s clips: recognise, generate, compare", split)
-        scores, shown = evaluate_split(params, cae, mtrnn, split, stride, device)
+        scores, shown = evaluate_split(params, cae, mtrnn, rows, stride, device)
         results[split] = {m: summary(scores, m) for m in METHODS}
         curves[split] = {m: by_step(scores, m) for m in METHODS}
         if split == "test":
@@ -193,10 +193,7 @@ def write_curve(path: Path, curves: dict[str, dict[str, np.ndarray]]) -> None:
 
 def main(params: Params) -> dict[str, Any]:
     """Compare originals, CAE-only and MTRNN recognise-then-generate on train and held-out clips."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(params.threads):
-        return evaluate(params)
+    return evaluate(params)
 
 
 if __name__ == "__main__":

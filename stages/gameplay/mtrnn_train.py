@@ -24,7 +24,6 @@ import torch
 
 from stages.common import training
 from stages.common.cli import run_stage
-from stages.common.closure import code_digest
 from stages.common.errors import StageError
 from stages.common.progress import progress
 from stages.gameplay.cae import CAE
@@ -34,7 +33,6 @@ from stages.gameplay.mtrnn import MTRNN, Config, prediction_loss
 
 STAGE = "mtrnn_train"
 MODULE = "stages.gameplay.mtrnn_train"
-NOT_IN_FINGERPRINT = ("steps", "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -84,27 +82,26 @@ def load_cae(path: Path, device: Any) -> CAE:
 
 
 def feature_sequences(
-    cae: CAE, clips: Path, split: str, stride: int, device: Any
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """CAE features of every `stride`-th frame of the split's clips, zero-padded:
-    (clips, T, bottleneck), the sequence lengths (clips,), and the clip ids."""
-    rows = training.load_split(clips, split, ["clip_id", "frames", "n_frames"])
+    cae: CAE, rows: dict[str, np.ndarray], stride: int, device: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CAE features of every `stride`-th frame of clips (`frames`, `n_frames` columns),
+    zero-padded: (clips, T, bottleneck), and the sequence lengths (clips,)."""
     lengths = torch.tensor([len(range(0, n, stride)) for n in rows["n_frames"]])
     out = torch.zeros(len(lengths), int(lengths.max()), cae.config.bottleneck, device=device)
     with torch.no_grad():
         for k, (video, n) in enumerate(zip(rows["frames"], rows["n_frames"], strict=True)):
             frames = torch.from_numpy(video[:n:stride]).to(device)
             out[k, : len(frames)] = cae.encode(to_input(frames))
-    return out, lengths.to(device), rows["clip_id"]
+    return out, lengths.to(device)
 
 
 def train(params: Params) -> dict[str, Any]:
     check(params)
     device, device_info = training.prepare_torch(params.seed, params.device, params.threads, STAGE)
     cae = load_cae(params.cae, device)
-    sequences, lengths, clip_ids = feature_sequences(
-        cae, params.clips, "train", params.frame_stride, device
-    )
+    rows = training.load_split(params.clips, "train", ["clip_id", "frames", "n_frames"])
+    sequences, lengths = feature_sequences(cae, rows, params.frame_stride, device)
+    clip_ids = rows["clip_id"]
     if int(lengths.min()) < 2:
         raise StageError(
             params.clips, "a training clip has fewer than 2 frames at this frame_stride"
@@ -113,16 +110,10 @@ def train(params: Params) -> dict[str, Any]:
     model = MTRNN(config, sequences=len(clip_ids)).to(device)
     optimiser = torch.optim.Adam(model.parameters(), params.lr)
 
-    inputs = {
-        str(params.clips): training.dvc_md5(params.clips),
-        str(params.cae): training.dvc_md5(params.cae),
-    }
-    code = code_digest(MODULE)
-    kept = {k: v for k, v in dataclasses.asdict(params).items() if k not in NOT_IN_FINGERPRINT}
-    fingerprint = training.fingerprint(kept, inputs, code)
+    source = training.provenance(params, MODULE, [params.clips, params.cae])
 
     start, loss_sum = 0, torch.zeros((), device=device)
-    resume = training.load_resume(params.checkpoint, fingerprint)
+    resume = training.load_resume(params.checkpoint, source.fingerprint)
     if resume is not None and resume["step"] <= params.steps:
         training.load_state(params.checkpoint, model, resume["model"])
         optimiser.load_state_dict(resume["optimiser"])
@@ -147,17 +138,16 @@ def train(params: Params) -> dict[str, Any]:
             loss_sum = torch.zeros((), device=device)
         if done % params.checkpoint_every == 0 or done == params.steps:
             training.save_resume(params.checkpoint, {
-                "fingerprint": fingerprint, "step": done, "model": model.state_dict(),
+                "fingerprint": source.fingerprint, "step": done, "model": model.state_dict(),
                 "optimiser": optimiser.state_dict(), "loss_sum": loss_sum.cpu(),
             })  # fmt: skip
     seconds = time.perf_counter() - started
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    training.save_model(params.model, {
-        "state_dict": state, "config": dataclasses.asdict(config), "step": params.steps,
-        "clip_ids": torch.from_numpy(clip_ids.astype(np.int64)),
-        "frame_stride": params.frame_stride, "inputs": inputs, "code": code,
+    record = training.model_record(
+        model.state_dict(), config, params.steps, source,
+        clip_ids=torch.from_numpy(clip_ids.astype(np.int64)), frame_stride=params.frame_stride,
         **device_info,
-    })  # fmt: skip
+    )  # fmt: skip
+    training.save_model(params.model, record)
     live.end()
     return {
         "train_seconds": round(seconds, 2),

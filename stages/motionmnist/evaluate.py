@@ -232,20 +232,23 @@ def scatter_png(path: Path, z: np.ndarray, motion: np.ndarray, names: list[str],
 # --- the stage ------------------------------------------------------------------------------
 
 
-def load_split(params: Params, split: str, config: Config) -> dict[str, np.ndarray]:
-    """One split, its frames pooled to the model's size (as training saw them)."""
-    rows = training.load_split(params.data, split, ["frames", "motion", "digit_class"])
-    frames, size = rows["frames"].shape[1], rows["frames"].shape[-1]
+def load_splits(params: Params, config: Config) -> dict[str, dict[str, np.ndarray]]:
+    """Train and test rows in one read, frames pooled to the model's size (as training saw them)."""
+    splits = training.load_splits(
+        params.data, ("train", "test"), ["frames", "motion", "digit_class"]
+    )
+    frames, size = splits["test"]["frames"].shape[1], splits["test"]["frames"].shape[-1]
     if size % config.size or frames != config.frames:
         raise StageError(
             params.model,
             f"model is for {config.frames} frames of {config.size} px; "
             f"{params.data} holds {frames} of {size} px",
         )
-    rows["frames"] = shrink(torch.from_numpy(rows["frames"]), size // config.size).numpy()
-    rows["motion"] = rows["motion"].astype(np.int64)
-    rows["digit_class"] = rows["digit_class"].astype(np.int64)
-    return rows
+    for rows in splits.values():
+        rows["frames"] = shrink(torch.from_numpy(rows["frames"]), size // config.size).numpy()
+        rows["motion"] = rows["motion"].astype(np.int64)
+        rows["digit_class"] = rows["digit_class"].astype(np.int64)
+    return splits
 
 
 def subset(rows: dict[str, np.ndarray], count: int, seed: int) -> dict[str, np.ndarray]:
@@ -254,20 +257,16 @@ def subset(rows: dict[str, np.ndarray], count: int, seed: int) -> dict[str, np.n
     return {k: v[pick] for k, v in rows.items()}
 
 
-def load(path: Path, device: Any) -> MDBiGAN:
+def load(path: Path, device: Any, snapshot: bool = False) -> tuple[MDBiGAN | Encoder, int]:
+    """The model of a model file and its step; of a training snapshot, the encoder alone (the
+    weights snapshots keep)."""
     config, record = training.load_model(path, Config)
-    model = MDBiGAN(config)
-    training.load_state(path, model, record["state_dict"])
-    return model.to(device).eval()
-
-
-def load_encoder(path: Path, device: Any) -> Encoder:
-    """The encoder of a training snapshot (snapshots keep only its weights)."""
-    config, record = training.load_model(path, Config)
-    encoder = Encoder(config)
-    weights = {k.removeprefix("encoder."): v for k, v in record["state_dict"].items()}
-    training.load_state(path, encoder, weights)
-    return encoder.to(device).eval()
+    weights = record["state_dict"]
+    if snapshot:
+        weights = {k.removeprefix("encoder."): v for k, v in weights.items()}
+    model = Encoder(config) if snapshot else MDBiGAN(config)
+    training.load_state(path, model, weights)
+    return model.to(device).eval(), int(record["step"])
 
 
 def evaluate(params: Params) -> dict[str, Any]:
@@ -276,9 +275,9 @@ def evaluate(params: Params) -> dict[str, Any]:
             f"params.yaml: {STAGE}.probe_rows", f"must be at least 100, got {params.probe_rows}"
         )
     device, device_info = training.prepare_torch(params.seed, params.device, params.threads, STAGE)
-    model = load(params.model, device)
-    test = load_split(params, "test", model.config)
-    train = subset(load_split(params, "train", model.config), params.probe_rows, params.seed)
+    model, step = load(params.model, device)
+    splits = load_splits(params, model.config)
+    test, train = splits["test"], subset(splits["train"], params.probe_rows, params.seed)
     digit_px = 28 * model.config.size // 64  # 28 px MNIST digits on 64 px canvases, pooled
 
     def per_video(encoder: Encoder) -> tuple[np.ndarray, np.ndarray]:
@@ -335,7 +334,7 @@ def evaluate(params: Params) -> dict[str, Any]:
     write_json(
         params.stats,
         {
-            "model_step": int(training.load_model(params.model, Config)[1]["step"]),
+            "model_step": step,
             "train_videos_for_probes": len(train["motion"]),
             "test_videos": len(test["motion"]),
             "frame_size": model.config.size,
@@ -362,7 +361,7 @@ def snapshot_curve(params: Params, train: dict, test: dict, device: Any) -> list
     paths = sorted(params.history.glob("step-*.pt"))
     rows = []
     for path in progress(paths, desc=f"{STAGE} snapshots", unit="model"):
-        encoder = load_encoder(path, device)
+        encoder, _ = load(path, device, snapshot=True)
         z_train = encode(encoder, train["frames"], device).reshape(len(train["frames"]), -1)
         z_test = encode(encoder, test["frames"], device).reshape(len(test["frames"]), -1)
         nmi, _ = kmeans_scores(z_test, test["motion"], params.seed)
@@ -389,12 +388,7 @@ def write_curve(path: Path, rows: list[dict[str, float]]) -> None:
 
 def main(params: Params) -> dict[str, Any]:
     """Measure MDBiGAN's motion code and regenerations on the MotionMNIST test split."""
-    from threadpoolctl import threadpool_limits
-
-    # scikit-learn's BLAS and OpenMP pools as wide as torch's: unbounded, two evaluations side
-    # by side on a 16-core GPU machine spun each other's threads past a 170 s limit
-    with threadpool_limits(params.threads):
-        return evaluate(params)
+    return evaluate(params)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 
 from stages.common import training
 from stages.common.cli import run_stage
-from stages.common.closure import code_digest
 from stages.common.errors import StageError
 from stages.common.images import save_grid
 from stages.common.progress import progress
@@ -45,7 +44,6 @@ log = logging.getLogger(__name__)
 STAGE = "mdbigan_train"
 MODULE = "stages.motionmnist.train"  # its import closure is the code digest
 ROWS_STREAM = "mdbigan_train/rows"
-NOT_IN_FINGERPRINT = ("steps", "checkpoint_every")  # training longer continues; cadence is free
 
 
 @dataclass(frozen=True)
@@ -207,12 +205,9 @@ def sample_tiles(model: MDBiGAN, seed: int, count: int = 8, frames: int = 10) ->
     return np.clip((picked + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
 
 
-def model_record(
-    model: MDBiGAN, config: Config, step: int, meta: dict[str, Any], prefix: str = ""
-) -> dict[str, Any]:
-    """A model file's record; `prefix` keeps only those weights (snapshots keep "encoder.")."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k.startswith(prefix)}
-    return {"state_dict": state, "config": dataclasses.asdict(config), "step": step, **meta}
+def encoder_weights(model: MDBiGAN) -> dict[str, torch.Tensor]:
+    """What a snapshot keeps: the encoder's weights (the evaluate stage's curve needs no more)."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
 
 
 def train(params: Params) -> dict[str, Any]:
@@ -236,14 +231,10 @@ def train(params: Params) -> dict[str, Any]:
     opt_ge = torch.optim.Adam(model.generator_parameters(), params.lr, (params.beta1, params.beta2))
     generator = torch.Generator(device).manual_seed(params.seed)
 
-    inputs = {str(params.data): training.dvc_md5(params.data)}
-    code = code_digest(MODULE)
-    kept = {k: v for k, v in dataclasses.asdict(params).items() if k not in NOT_IN_FINGERPRINT}
-    fingerprint = training.fingerprint(kept, inputs, code)
-    meta = {"inputs": inputs, "code": code, **device_info}
+    source = training.provenance(params, MODULE, [params.data])
 
     start = 0
-    resume = training.load_resume(params.checkpoint, fingerprint)
+    resume = training.load_resume(params.checkpoint, source.fingerprint)
     if resume is not None and resume["step"] <= params.steps:
         training.load_state(params.checkpoint, model, resume["model"])
         opt_d.load_state_dict(resume["opt_d"])
@@ -266,7 +257,7 @@ def train(params: Params) -> dict[str, Any]:
         training.save_resume(
             params.checkpoint,
             {
-                "fingerprint": fingerprint,
+                "fingerprint": source.fingerprint,
                 "step": step,
                 "model": model.state_dict(),
                 "opt_d": opt_d.state_dict(),
@@ -316,13 +307,14 @@ def train(params: Params) -> dict[str, Any]:
         if done % params.snapshot_every == 0:
             training.save_model(
                 params.history / f"step-{done:06d}.pt",
-                model_record(model, config, done, meta, prefix="encoder."),
+                training.model_record(encoder_weights(model), config, done, source, **device_info),
             )
             snapshot_seconds[done] = round(time.perf_counter() - started, 2)
         if done % params.checkpoint_every == 0 or done == params.steps:
             checkpoint(done)
     seconds = time.perf_counter() - started
-    training.save_model(params.model, model_record(model, config, params.steps, meta))
+    record = training.model_record(model.state_dict(), config, params.steps, source, **device_info)
+    training.save_model(params.model, record)
     live.end()
     trained = params.steps - start
     return {
