@@ -53,10 +53,11 @@ def test_by_step_averages_the_clips_that_reach_each_step():
 
 @pytest.mark.slow
 def test_the_stage_scores_train_and_held_out_clips(tmp_path, clips, cae):  # noqa: F811
-    mt.train(mtrnn_params_of(mtrnn_tiny_params(tmp_path / "m", clips, cae)))
+    mt.main(mtrnn_params_of(mtrnn_tiny_params(tmp_path / "m", clips, cae)))
     full = yaml.safe_load((REPO / "params.yaml").read_text())
     outs = {k: str(tmp_path / Path(v).name) for k, v in full["cae_mtrnn_evaluate"].items()
-            if k in ("metrics", "baselines", "stats", "curve", "strips")}  # fmt: skip
+            if k in ("metrics", "baselines", "stats", "curve", "strips", "recovered",
+                     "recovered_baselines", "per_clip")}  # fmt: skip
     section = full["cae_mtrnn_evaluate"] | outs | {
         "clips": str(clips), "cae": str(cae), "mtrnn": str(tmp_path / "m/mtrnn.pt"),
         "device": "cpu", "recognise_steps": 5,
@@ -77,3 +78,28 @@ def test_the_stage_scores_train_and_held_out_clips(tmp_path, clips, cae):  # noq
     assert curve[0].split("\t")[:3] == ["step", "train_cae_psnr", "train_mtrnn_psnr"]
     assert len(curve) == 1 + 10  # the longest clip (11 frames at stride 1) scores steps 1..10
     assert Path(outs["strips"]).is_file()
+    recovered = json.loads(Path(outs["recovered"]).read_text())
+    assert set(recovered["test"]) == {"cae_background", "cae_details", "mtrnn_background",
+                                      "mtrnn_details"}  # fmt: skip
+    assert all(0 <= v <= 1 for split in recovered.values() for v in split.values())
+    per_clip = Path(outs["per_clip"]).read_text().splitlines()
+    assert len(per_clip) == 1 + 6 and per_clip[0].split("\t")[3] == "cae_background_psnr"
+
+
+def test_region_psnr_pools_background_and_sprite_pixels_apart():
+    original = np.zeros((3, 4, 4, 3), np.float32)
+    version = original.copy()
+    version[1:, :, :, :] = 0.1  # background error 0.01 -> 20 dB
+    version[1:, 0, 0, :] = 0.5  # the sprite pixel: error 0.25 -> 6.02 dB
+    sprites = np.zeros((3, 4, 4), np.uint8)
+    sprites[:, 0, 0] = 1
+    background, details = ev.region_psnr(original, version, sprites)
+    assert background == pytest.approx(20.0) and details == pytest.approx(10 * np.log10(4))
+    sprites[1:] = 0  # frame 0 is never scored: no sprite left in the scored frames
+    assert np.isnan(ev.region_psnr(original, version, sprites)[1])
+
+
+def test_recovered_share_counts_clips_at_the_threshold():
+    regions = [{"m": np.array([25.0, 10.0])}, {"m": np.array([24.9, 30.0])}]
+    assert ev.recovered_share(regions, "m", 0, 25.0) == 0.5
+    assert ev.recovered_share(regions, "m", 1, 20.0) == 0.5

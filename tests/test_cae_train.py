@@ -24,22 +24,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
-    """Six 32x32 clips in the gameplay-clips schema: a coloured square moving over a gradient;
-    clip k has 6 + k frames, and clips 1 and 4 are held out."""
+    """Six 32x32 clips in the gameplay-clips schema: a coloured square (the sprite, in the
+    `sprites` mask) moving over a gradient; clip k has 6 + k frames, clips 1 and 4 held out."""
     out = tmp_path_factory.mktemp("clips") / "clips"
     base = load_section(gc.Params, "gameplay_clips", REPO / "params.yaml")
     schema = gc.schema(replace(base, size=32), max_frames=12, max_samples=4)
     frames = np.zeros((6, 12, 32, 32, 3), np.uint8)
+    sprites = np.zeros((6, 12, 32, 32), np.uint8)
     frames[..., 2] = np.linspace(80, 200, 32, dtype=np.uint8)[:, None]
     for k in range(6):
         for t in range(6 + k):
             frames[k, t, 10:18, 2 * t + k : 2 * t + k + 8, k % 3] = 255
+            sprites[k, t, 10:18, 2 * t + k : 2 * t + k + 8] = 1
     out.mkdir()
     with dataset.ShardWriter(out, schema, shard_rows=6) as writer:
         writer.write({
             "clip_id": np.arange(1, 7), "recording": ["r.mp4"] * 6, "label": ["stomp"] * 6,
             "label_index": np.full(6, 2, np.int16), "start": np.zeros(6), "end": np.ones(6),
-            "n_frames": np.arange(6, 12, dtype=np.int32), "frames": frames,
+            "n_frames": np.arange(6, 12, dtype=np.int32), "frames": frames, "sprites": sprites,
             "n_samples": np.full(6, 4, np.int32), "audio": np.zeros((6, 4), np.float32),
             "audio_rate": np.full(6, 16000, np.int32),
             "split": ["train", "test", "train", "train", "test", "train"],

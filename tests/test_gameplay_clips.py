@@ -58,7 +58,7 @@ def write_events(path: Path, rows: list[dict]) -> Path:
 
 def make_params(corpus: Path, events: Path, out: Path, **changes) -> gc.Params:
     """params.yaml's section with `changes`, reading `corpus` and `events`, writing `out`."""
-    changes = {"workers": 1, **changes}
+    changes = {"workers": 1, "masks": None, **changes}  # this corpus has no sprite masks
     return replace(DEFAULTS, recordings=corpus, events=events, out=out, **changes)
 
 
@@ -467,17 +467,16 @@ def test_real_data_is_a_params_change_here_a_copy_of_the_stand_in(tmp_path):
     sample = load_section(gs.Params, "gameplay_sample", ROOT / "params.yaml")
     original = tmp_path / "sample"
     small = dict(recordings=1, length=14.0, event_count=2, workers=1)
-    gs.build(replace(sample, out=original, events=original / "events.csv", **small))
+    gs.build(replace(sample, out=original, events=original / "events.csv", masks=original / "masks",
+                     **small))  # fmt: skip
     shutil.copytree(original, tmp_path / "raw/gameplay")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     section = params["gameplay_clips"] | {"workers": 1}
     built = {}
-    for run, (recordings, events) in {
-        "original": (original, original / "events.csv"),
-        "copy": ("raw/gameplay", "raw/gameplay/events.csv"),  # as in the docs, relative
-    }.items():
+    for run, recordings in {"original": original, "copy": "raw/gameplay"}.items():  # docs: relative
         outputs = {key: f"{run}/{getattr(DEFAULTS, key)}" for key in OUTPUTS}
-        inputs = {"recordings": str(recordings), "events": str(events)}
+        inputs = {"recordings": str(recordings), "events": f"{recordings}/events.csv",
+                  "masks": f"{recordings}/masks"}  # fmt: skip
         params["gameplay_clips"] = section | outputs | inputs
         (tmp_path / f"{run}.yaml").write_text(yaml.safe_dump(params))
         done = run_cli(tmp_path, tmp_path / f"{run}.yaml")
@@ -485,6 +484,9 @@ def test_real_data_is_a_params_change_here_a_copy_of_the_stand_in(tmp_path):
         built[run] = {key: tmp_path / path for key, path in outputs.items()}
     a, b = built["original"], built["copy"]
     assert dataset.count_rows(a["out"]) == 2
+    sprites = dataset.read_arrays(a["out"], ["sprites"])["sprites"]  # the masks came along
+    assert sprites.shape[2:] == (128, 128) and set(np.unique(sprites)) == {0, 1}
+    assert 0.001 < sprites.mean() < 0.1  # a few sprites over a mostly bare level
     shards = sorted(p.name for p in a["out"].iterdir())
     assert shards == sorted(p.name for p in b["out"].iterdir())
     for name in shards:

@@ -29,7 +29,7 @@ DEFAULTS = load_section(gs.Params, "gameplay_sample", ROOT / "params.yaml")
 
 def sample_params(out: Path = DEFAULTS.out, **changes) -> gs.Params:
     """params.yaml's section with `changes`, writing to `out` (events.csv inside it)."""
-    return replace(DEFAULTS, out=out, events=out / "events.csv", **changes)
+    return replace(DEFAULTS, out=out, events=out / "events.csv", masks=out / "masks", **changes)
 
 
 def test_plan_balances_labels_and_keeps_events_apart():
@@ -141,8 +141,10 @@ def test_build_writes_decodable_recordings_byte_identical_per_seed(tmp_path, bus
     small = dict(seed=5, recordings=2, length=18.0, event_count=6)
     stats = gs.build(sample_params(tmp_path / "a", **small, workers=1))
     gs.build(sample_params(tmp_path / "b", **small, workers=2))
-    names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names == ["events.csv", "rec-000.mp4", "rec-001.mp4"]
+    names = sorted(str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*.*"))
+    assert names == [
+        "events.csv", "masks/rec-000.parquet", "masks/rec-001.parquet", "rec-000.mp4", "rec-001.mp4"
+    ]  # fmt: skip
     for name in names:
         digests = {hashlib.sha256((tmp_path / d / name).read_bytes()).hexdigest() for d in "ab"}
         assert len(digests) == 1, name
@@ -162,6 +164,6 @@ def test_build_writes_decodable_recordings_byte_identical_per_seed(tmp_path, bus
 def test_events_table_must_lie_inside_the_output_folder(tmp_path):
     """DVC tracks the folder `out`: a table outside it would be an untracked output."""
     params = replace(sample_params(tmp_path / "a"), events=tmp_path / "events.csv")
-    with pytest.raises(StageError, match="must be a file inside out"):
+    with pytest.raises(StageError, match="events: must lie inside out"):
         gs.build(params)
     assert not (tmp_path / "a").exists()

@@ -73,10 +73,10 @@ def test_the_loss_counts_real_steps_only():
 
 
 def test_resume_gives_the_bytes_of_an_unbroken_run(tmp_path, clips, cae):  # noqa: F811
-    mt.train(params_of(tiny_params(tmp_path / "a", clips, cae)))
+    mt.main(params_of(tiny_params(tmp_path / "a", clips, cae)))
     half = tiny_params(tmp_path / "b", clips, cae)
-    mt.train(params_of(half, steps=3))
-    assert mt.train(params_of(half))["resumed_at"] == 3
+    mt.main(params_of(half, steps=3))
+    assert mt.main(params_of(half))["resumed_at"] == 3
     assert (tmp_path / "a/mtrnn.pt").read_bytes() == (tmp_path / "b/mtrnn.pt").read_bytes()
 
 

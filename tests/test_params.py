@@ -11,7 +11,7 @@ import pytest
 
 from stages.common.cli import in_params_file
 from stages.common.errors import StageError
-from stages.common.params import load_section
+from stages.common.params import load_section, load_yaml
 from stages.common.workers import worker_count
 
 
@@ -96,3 +96,13 @@ def test_pools_never_outnumber_their_jobs():
     assert worker_count(0, jobs=1) == 1
     assert worker_count(2 * cores, jobs=3) == min(2 * cores, 3)
     assert worker_count(1, jobs=0) == 1
+
+
+def test_a_key_given_twice_is_refused_naming_its_line(tmp_path):
+    """PyYAML keeps the last of two equal keys silently: a pasted section would lose values."""
+    path = tmp_path / "params.yaml"
+    path.write_text("base:\n  seed: 0\ns:\n  a: 1\n  b: 2\n  a: 3\n")
+    with pytest.raises(StageError, match=r"params\.yaml: line 6: key 'a' appears twice"):
+        load_yaml(path)
+    path.write_text("base:\n  seed: 0\ns:\n  a: 1\nt:\n  a: 1\n")  # the same key in two sections
+    assert load_yaml(path)["t"] == {"a": 1}

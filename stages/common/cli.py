@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from stages.common.errors import Interrupted, StageError
-from stages.common.params import PARAMS_FILE, load_section
+from stages.common.params import PARAMS_FILE, load_section, parse_overrides
 
 P = TypeVar("P")
 
@@ -40,12 +40,17 @@ def run_stage(
         "--params", type=Path, default=PARAMS_FILE, help="params file (params.yaml)"
     )
     parser.add_argument("--traceback", action="store_true", help="show tracebacks of errors")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="lay a value over the stage's params section (a DVC matrix stage's variant)",
+    )  # fmt: skip
     args = parser.parse_args()
     show_traceback = args.traceback or os.environ.get("STAGES_TRACEBACK") == "1"
     quiet_third_party(name)
     started = time.perf_counter()
     try:
-        timings = main(load_section(params_type, name, args.params)) or {}
+        overrides = parse_overrides(args.set)
+        timings = main(load_section(params_type, name, args.params, overrides)) or {}
     except StageError as exc:
         if show_traceback:
             raise

@@ -230,9 +230,14 @@ def shard_paths(directory: str | Path) -> list[Path]:
 
 def describe(directory: str | Path) -> dict[str, Any]:
     """The schema description a dataset was written with (name, doc, metadata)."""
-    meta = pq.read_schema(shard_paths(directory)[0]).metadata or {}
+    return describe_file(shard_paths(directory)[0])
+
+
+def describe_file(path: str | Path) -> dict[str, Any]:
+    """The schema description one Parquet file was written with."""
+    meta = pq.read_schema(path).metadata or {}
     if SCHEMA_KEY not in meta:
-        raise StageError(directory, "not a stages sample dataset (no stages.schema metadata)")
+        raise StageError(path, "not a stages sample dataset (no stages.schema metadata)")
     return json.loads(meta[SCHEMA_KEY])
 
 
@@ -280,6 +285,10 @@ def read_arrays(directory: str | Path, columns: Sequence[str] | None = None) -> 
     """The whole dataset (or some columns of it) as numpy arrays, for data that fits in memory."""
     tables = [pq.read_table(path, columns=columns) for path in shard_paths(directory)]
     return to_numpy(pa.concat_tables(tables))
+
+
+def column_names(directory: str | Path) -> list[str]:
+    return pq.read_schema(shard_paths(directory)[0]).names
 
 
 def count_rows(directory: str | Path) -> int:

@@ -59,12 +59,44 @@ def set_arguments(path: str | Path) -> list[str]:
     return leaves(data, "") if data else []
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML would keep the
+    last value silently (a pasted section half overwritten), and DVC's own reader refuses it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise StageError(
+                    f"line {key_node.start_mark.line + 1}", f"key {key!r} appears twice"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` strings as a mapping, each value read as YAML (`seed=1` is an int)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise StageError(f"--set {pair}", "expected key=value")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise StageError(f"--set {pair}", "the value is not valid YAML") from None
+    return out
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         with open(path) as handle:
-            data = yaml.safe_load(handle)
+            data = yaml.load(handle, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except FileNotFoundError:
         raise StageError(path, "params file not found (run from the repository root)") from None
+    except StageError as exc:
+        raise StageError(path, str(exc)) from None
     except yaml.YAMLError as exc:
         raise StageError(path, f"not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -72,14 +104,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_section(cls: type[T], section: str, path: str | Path = PARAMS_FILE) -> T:
-    """Parse `section` of the params file into `cls`, with the shared `base` keys it declares."""
+def load_section(
+    cls: type[T],
+    section: str,
+    path: str | Path = PARAMS_FILE,
+    overrides: dict[str, Any] | None = None,
+) -> T:
+    """Parse `section` of the params file into `cls`, with the shared `base` keys it declares;
+    `overrides` (a DVC matrix stage's `--set key=value`) are laid over the section."""
     data = load_yaml(path)
     if section not in data:
         raise StageError(path, f"no '{section}' section")
     own = data[section] or {}
     if not isinstance(own, dict):
         raise StageError(f"{path}: {section}", f"expected a mapping of keys, got {own!r}")
+    own = {**own, **(overrides or {})}
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     # `base` holds what many stages share; a stage takes the base keys it declares and ignores the
     # rest, while an unknown key in its own section is a typo and an error.

@@ -51,6 +51,7 @@ from stages.common.media import (
 from stages.common.progress import progress
 from stages.common.seeding import rng
 from stages.common.workers import run_jobs, worker_count, worker_pool
+from stages.gameplay import masks
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Params:
     seed: int  # the held-out rule's random stream
     recordings: Path  # folder of recordings
     events: Path  # events table (.csv or .parquet)
+    masks: Path | None  # folder of sprite mask files per recording (the stand-in's); None: none
     out: Path  # the clip dataset (Parquet shards)
     failures: Path  # CSV: the clips of broken recordings (skip mode)
     contact_sheet: Path  # PNG
@@ -337,14 +339,24 @@ class RowGroup:
         shape = schema.arrays
         self.frames = np.empty((ROW_GROUP_CLIPS, *shape["frames"].shape), np.uint8)
         self.audio = np.empty((ROW_GROUP_CLIPS, *shape["audio"].shape), np.float32)
+        self.sprites = (
+            np.empty((ROW_GROUP_CLIPS, *shape["sprites"].shape), np.uint8)
+            if "sprites" in shape
+            else None
+        )
         self.clips: list[ClipSpec] = []
         self.n_frames: list[int] = []
         self.n_samples: list[int] = []
 
-    def add(self, clip: ClipSpec, frames: np.ndarray, sound: np.ndarray) -> None:
+    def add(
+        self, clip: ClipSpec, frames: np.ndarray, sound: np.ndarray, sprites: np.ndarray | None
+    ) -> None:
         k = len(self.clips)
         self.frames[k, : len(frames)] = frames
         self.frames[k, len(frames) :] = 0
+        if self.sprites is not None and sprites is not None:
+            self.sprites[k, : len(sprites)] = sprites
+            self.sprites[k, len(sprites) :] = 0
         self.audio[k, : len(sound)] = sound
         self.audio[k, len(sound) :] = 0
         self.clips.append(clip)
@@ -379,7 +391,13 @@ def write_shard(job: ShardJob) -> ShardResult:
                 for clip in clips:
                     times = sample_times(clip.start, clip_frame_count(clip.duration, p.fps), p.fps)
                     sound = audio.read(clip.start, clip.end, p.audio_rate)
-                    group.add(clip, frames.frames_at(times), sound)
+                    sprites = None
+                    if p.masks is not None:
+                        shown = masks.read_frames(
+                            masks.mask_path(p.masks, name), frames.indices_at(times)
+                        )
+                        sprites = masks.downsample(shown, p.size)
+                    group.add(clip, frames.frames_at(times), sound, sprites)
                     read.add(clip.row)
                     if group.full:
                         _flush(shard, group, p, result)
@@ -399,8 +417,10 @@ def _flush(shard: dataset.ShardFile, group: RowGroup, p: Params, result: ShardRe
     clips, rows = group.clips, len(group.clips)
     if not rows:
         return
+    sprites = {} if group.sprites is None else {"sprites": group.sprites[:rows]}
     shard.write(
         {
+            **sprites,
             "clip_id": np.array([c.row for c in clips], np.int64),
             "recording": [c.recording for c in clips],
             "label": [c.label for c in clips],
@@ -428,6 +448,13 @@ def _flush(shard: dataset.ShardFile, group: RowGroup, p: Params, result: ShardRe
 
 def schema(params: Params, max_frames: int, max_samples: int) -> dataset.SampleSchema:
     s = params.size
+    sprite_column = () if params.masks is None else (
+        dataset.ArrayColumn(
+            "sprites", "uint8", (max_frames, s, s),
+            "1 where a sprite (or the blur of one) covers the pixel, 0 where the level shows: "
+            "from the recording's sprite masks (only when gameplay_clips.masks is given)",
+        ),
+    )  # fmt: skip
     return dataset.SampleSchema(
         name="gameplay-clips/v2",
         doc="Event clips cut from gameplay recordings: frames and the audio of the same span. Rows "
@@ -452,6 +479,7 @@ def schema(params: Params, max_frames: int, max_samples: int) -> dataset.SampleS
             dataset.Column(
                 "split", pa.string(), "train or test: a seeded rule per label (test_fraction)"
             ),
+            *sprite_column,
         ),
         metadata={"fps": params.fps, "size": [s, s], "labels": list(params.labels)},
     )
@@ -543,6 +571,9 @@ def build(params: Params) -> Outcome:
     specs = parse_rows(events, params)
     raise_bad_rows(specs, events, params.events)
     names = sorted({s.recording for s in specs if isinstance(s, ClipSpec)})
+    if params.masks is not None:
+        for name in names:
+            masks.check_file(masks.mask_path(params.masks, name))
     # One pool probes the recordings, then writes the shards: at most this many jobs at once.
     jobs_at_most = max(len(names), math.ceil(len(specs) / params.shard_rows))
     workers = worker_count(params.workers, jobs_at_most, "gameplay_clips.workers")

@@ -11,6 +11,12 @@ by step index (the curve that shows the paper's drift, a DVC plot) and over ever
 metrics). Beside them the trivial baselines, so a number means something: the clip's first frame
 held still, and the clip's mean frame. Strips (original / CAE / MTRNN) per event kind of held-out
 clips are the paper's pictures.
+
+The paper's verdicts, counted: when the clips carry sprite masks (the stand-in's `sprites` column),
+each clip's PSNR over its background pixels and over its sprite pixels (all scored frames pooled);
+a clip's background (its details) counts as recovered when that PSNR reaches `background_db`
+(`details_db`). Shares of clips per split and method in `recovered`, the baselines' beside them,
+every clip's figures in `per_clip`.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from stages.common import training
+from stages.common import dataset, training
 from stages.common.atomic import atomic_file, write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
@@ -49,8 +55,13 @@ class Params:
     threads: int
     recognise_steps: int  # Adam steps fitting each clip's Cs(0)
     recognise_lr: float
+    background_db: float  # background PSNR at which a clip's background counts as recovered
+    details_db: float  # the same over the sprite pixels
     metrics: Path  # PSNR and SSIM of CAE-only and MTRNN, per split
     baselines: Path  # the same for the first frame held and the mean frame
+    recovered: Path  # shares of clips whose background / details are recovered, CAE and MTRNN
+    recovered_baselines: Path  # the same for the first frame held and the mean frame
+    per_clip: Path  # TSV: every clip's background and sprite PSNR per method
     stats: Path
     curve: Path  # TSV: PSNR by step index, per split and method
     strips: Path  # PNG: original / CAE / MTRNN of one held-out clip per event kind
@@ -68,6 +79,20 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM (Wang et al. 2004; scikit-image's, 7x7 windows) of two (H, W, 3) frames in [0, 1]."""
     return float(structural_similarity(a, b, channel_axis=-1, data_range=1.0))
+
+
+def psnr_of_mse(mse: float) -> float:
+    return 100.0 if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+def region_psnr(original: np.ndarray, version: np.ndarray, sprites: np.ndarray) -> np.ndarray:
+    """(background, sprite) PSNR of a clip's frames 1.. (steps, H, W, 3), the squared error pooled
+    over the pixels where `sprites` (steps, H, W) is 0, and where it is 1 (NaN: no sprite)."""
+    error = ((version[1:] - original[1:]) ** 2).mean(-1)
+    on_sprite = sprites[1:].astype(bool)
+    background = psnr_of_mse(float(error[~on_sprite].mean()))
+    details = psnr_of_mse(float(error[on_sprite].mean())) if on_sprite.any() else np.nan
+    return np.array([background, details])
 
 
 def compare(original: np.ndarray, versions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -101,8 +126,9 @@ def decode(cae: Any, features: torch.Tensor) -> np.ndarray:
 
 def evaluate_split(
     params: Params, cae: Any, mtrnn: MTRNN, rows: dict[str, np.ndarray], stride: int, device: Any
-) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
-    """Scores of every clip of one split (`rows`), and what the strips need."""
+) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], dict[str, Any]]:
+    """Scores of every clip of one split (`rows`): per frame, and per region (when the rows have
+    sprite masks); and what the strips need."""
     features, lengths = feature_sequences(cae, rows, stride, device)
     generator = torch.Generator().manual_seed(params.seed)
     cs0 = recognise(
@@ -110,7 +136,7 @@ def evaluate_split(
     )
     with torch.no_grad():
         generated = mtrnn.generate(features[:, 0], cs0, features.shape[1] - 1)
-    scores, shown = [], {}
+    scores, regions, shown = [], [], {}
     for k, (video, n) in enumerate(zip(rows["frames"], rows["n_frames"], strict=True)):
         steps = int(lengths[k])
         original = video[:n:stride].astype(np.float32) / 255.0
@@ -119,11 +145,21 @@ def evaluate_split(
         dreamt = np.concatenate([rebuilt[:1], decode(cae, generated[k, : steps - 1])])
         versions = versions_of(original, rebuilt, dreamt)
         scores.append(compare(original, versions))
+        if "sprites" in rows:
+            sprites = rows["sprites"][k, :n:stride]
+            regions.append({m: region_psnr(original, v, sprites) for m, v in versions.items()})
         label = str(rows["label"][k])
         if label not in shown:
             pick = np.linspace(0, steps - 1, STRIP_FRAMES).round().astype(int)
             shown[label] = np.stack([original[pick], rebuilt[pick], dreamt[pick]])
-    return scores, shown
+    return scores, regions, shown
+
+
+def recovered_share(
+    regions: list[dict[str, np.ndarray]], method: str, region: int, db: float
+) -> float:
+    """Share of clips whose region (0 background, 1 sprites) PSNR reaches `db`."""
+    return float(np.mean([r[method][region] >= db for r in regions]))
 
 
 def summary(scores: list[dict[str, np.ndarray]], method: str) -> tuple[float, float]:
@@ -143,6 +179,9 @@ def by_step(scores: list[dict[str, np.ndarray]], method: str) -> np.ndarray:
 def evaluate(params: Params) -> dict[str, Any]:
     if params.recognise_steps < 1 or not 0 < params.recognise_lr < 10:
         raise StageError(f"params.yaml: {STAGE}.recognise_steps", "steps >= 1 and 0 < lr < 10")
+    for key in ("background_db", "details_db"):
+        if not 0 < getattr(params, key) < 100:
+            raise StageError(f"params.yaml: {STAGE}.{key}", "must be a PSNR in (0, 100) dB")
     device, device_info = training.prepare_torch(params.seed, params.device, params.threads, STAGE)
     cae = load_cae(params.cae, device)
     config, record = training.load_model(params.mtrnn, Config)
@@ -151,13 +190,26 @@ def evaluate(params: Params) -> dict[str, Any]:
     mtrnn.to(device).eval()
     stride = int(record["frame_stride"])
 
-    splits = training.load_splits(params.clips, ("train", "test"), ["frames", "n_frames", "label"])
-    results, curves, strips = {}, {}, {}
+    columns = ["clip_id", "frames", "n_frames", "label"]
+    masked = "sprites" in dataset.column_names(params.clips)
+    splits = training.load_splits(params.clips, ("train", "test"), columns + ["sprites"] * masked)
+    results, curves, strips, recovered, clip_rows = {}, {}, {}, {}, []
     for split, rows in splits.items():
         log.info("%s clips: recognise, generate, compare", split)
-        scores, shown = evaluate_split(params, cae, mtrnn, rows, stride, device)
+        scores, regions, shown = evaluate_split(params, cae, mtrnn, rows, stride, device)
         results[split] = {m: summary(scores, m) for m in METHODS}
         curves[split] = {m: by_step(scores, m) for m in METHODS}
+        recovered[split] = {
+            f"{m}_{name}": round(recovered_share(regions, m, region, db), 4)
+            for m in METHODS
+            for region, (name, db) in enumerate(
+                (("background", params.background_db), ("details", params.details_db))
+            )
+        } if masked else {}  # fmt: skip
+        clip_rows += [
+            [split, int(clip), str(label), *(f"{v:.3f}" for m in METHODS for v in r[m])]
+            for clip, label, r in zip(rows["clip_id"], rows["label"], regions, strict=False)
+        ]
         if split == "test":
             strips = shown
     metrics = {s: {f"{m}_{k}": round(results[s][m][i], 4) for m in ("cae", "mtrnn")
@@ -166,10 +218,16 @@ def evaluate(params: Params) -> dict[str, Any]:
                      for i, k in enumerate(("psnr", "ssim"))} for s in results}  # fmt: skip
     write_json(params.metrics, metrics)
     write_json(params.baselines, baselines)
-    write_json(
-        params.stats,
-        {"frame_stride": stride, "recognise_steps": params.recognise_steps, **device_info},
-    )
+    ours, trivial = ("cae", "mtrnn"), ("first_frame", "mean_frame")
+    write_json(params.recovered, {s: {k: v for k, v in r.items() if k.startswith(ours)}
+                                  for s, r in recovered.items()})  # fmt: skip
+    write_json(params.recovered_baselines, {s: {k: v for k, v in r.items() if k.startswith(trivial)}
+                                            for s, r in recovered.items()})  # fmt: skip
+    write_per_clip(params.per_clip, clip_rows)
+    write_json(params.stats, {
+        "frame_stride": stride, "recognise_steps": params.recognise_steps,
+        "sprite_masks": masked, **region_medians(clip_rows), **device_info,
+    })  # fmt: skip
     write_curve(params.curve, curves)
     labels = sorted(strips)
     tiles = np.concatenate([strips[label] for label in labels])  # 3 rows per event kind
@@ -189,6 +247,30 @@ def write_curve(path: Path, curves: dict[str, dict[str, np.ndarray]]) -> None:
                 curves[s][m][t] if t < len(curves[s][m]) else "" for s in curves for m in METHODS
             ]
             writer.writerow([t + 1, *(f"{v:.3f}" if v != "" else "" for v in values)])
+
+
+PER_CLIP_COLUMNS = [f"{m}_{r}_psnr" for m in METHODS for r in ("background", "details")]
+
+
+def write_per_clip(path: Path, rows: list[list[Any]]) -> None:
+    """One row per clip: split, clip id, event kind, background and sprite PSNR of each method
+    (empty without sprite masks)."""
+    with atomic_file(path, "w") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["split", "clip_id", "label", *PER_CLIP_COLUMNS])
+        writer.writerows(rows)
+
+
+def region_medians(rows: list[list[Any]]) -> dict[str, dict[str, float]]:
+    """Median background and sprite PSNR per split and method: the distribution's centre beside
+    the thresholded shares."""
+    out: dict[str, dict[str, float]] = {}
+    for split in ("train", "test"):
+        values = np.array([r[3:] for r in rows if r[0] == split], float)
+        if len(values):
+            medians = np.nanmedian(values, 0).round(3).tolist()
+            out[f"{split}_median_psnr"] = dict(zip(PER_CLIP_COLUMNS, medians, strict=True))
+    return out
 
 
 def main(params: Params) -> dict[str, Any]:

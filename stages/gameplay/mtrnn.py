@@ -9,6 +9,10 @@ with tau_IO = 2, tau_fast = 5, tau_slow = 70 (../shared/specs/gameplay.md). Ever
 sequence owns a learnable initial slow state Cs(0); weights and all Cs(0) learn by BPTT on
 next-step prediction. Recognition freezes the weights and fits only a new sequence's Cs(0);
 generation runs closed loop from a Cs(0), feeding each output back as the next input.
+
+Some IO channels may be unobserved (the audio-visual MTRNN recognising from the pictures alone):
+`forward` takes a `known` mask, and an unknown channel's input is the network's own previous output
+for it, closed loop on that channel while the known ones are teacher-forced.
 """
 
 from __future__ import annotations
@@ -76,13 +80,26 @@ class MTRNN(nn.Module):
         ], 1)  # fmt: skip
         return (1 - self.leak) * u + self.leak * drive
 
-    def forward(self, inputs: torch.Tensor, cs0: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        cs0: torch.Tensor,
+        known: torch.Tensor | None = None,
+        feedback: float = 0.0,
+    ) -> torch.Tensor:
         """Teacher-forced next-step predictions: inputs (batch, T, io) -> outputs (batch, T, io),
-        output t the prediction of input t+1."""
+        output t the prediction of input t+1. From step 1 on, `feedback` in [0, 1] mixes the
+        previous output into the input (1 = closed loop), and with `known` (io,) bool the
+        channels not known take the previous output alone."""
         u = self.initial_state(cs0)
-        outputs = []
+        outputs: list[torch.Tensor] = []
         for t in range(inputs.shape[1]):
-            u = self.step(u, inputs[:, t])
+            x = inputs[:, t]
+            if outputs and feedback:
+                x = (1 - feedback) * x + feedback * outputs[-1]
+            if known is not None and outputs:
+                x = torch.where(known, x, outputs[-1])
+            u = self.step(u, x)
             outputs.append(torch.tanh(u[:, : self.config.io]))
         return torch.stack(outputs, 1)
 
@@ -98,12 +115,18 @@ class MTRNN(nn.Module):
 
 
 def prediction_loss(
-    outputs: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor
+    outputs: torch.Tensor,
+    targets: torch.Tensor,
+    lengths: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean squared next-step error over each sequence's real steps (targets t = 1..length-1)."""
+    """Mean squared next-step error over each sequence's real steps (targets t = 1..length-1);
+    with `weights` (io,), each channel's error weighted (the mean is over the weight sum)."""
     steps = torch.arange(targets.shape[1], device=targets.device)
     real = (steps[None, :] < (lengths[:, None] - 1)).float()[..., None]
-    return ((outputs - targets) ** 2 * real).sum() / (real.sum() * targets.shape[2])
+    if weights is None:
+        weights = torch.ones(targets.shape[2], device=targets.device)
+    return ((outputs - targets) ** 2 * real * weights).sum() / (real.sum() * weights.sum())
 
 
 def recognise(
@@ -113,10 +136,12 @@ def recognise(
     iterations: int,
     lr: float,
     generator: torch.Generator,
+    known: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fit Cs(0) for new sequences (batch, T, io; the first `lengths` steps real) with the weights
-    frozen: the MTRNN's recognition. Starts from small random states and minimises the
-    teacher-forced next-step error by Adam.
+    frozen: the MTRNN's recognition. Minimises the teacher-forced next-step error by Adam; with
+    `known` (io,) bool, on the known channels only, the others running closed loop (their inputs
+    in `sequences` are used at step 0 alone). Starts from small random states.
     """
     slow = model.config.slow
     start = 0.01 * torch.randn(sequences.shape[0], slow, generator=generator)
@@ -127,7 +152,9 @@ def recognise(
         p.requires_grad_(False)
     try:
         for _ in range(iterations):
-            loss = prediction_loss(model(sequences[:, :-1], cs0), sequences[:, 1:], lengths)
+            outputs = model(sequences[:, :-1], cs0, known)
+            weights = None if known is None else known.float()
+            loss = prediction_loss(outputs, sequences[:, 1:], lengths, weights)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -135,3 +162,4 @@ def recognise(
         for p, flag in zip(model.parameters(), frozen, strict=True):
             p.requires_grad_(flag)
     return cs0.detach()
+

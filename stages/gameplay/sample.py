@@ -4,8 +4,10 @@ A small side-scrolling platformer, rendered frame by frame at 60 fps and 256x240
 sky, clouds, hills, ground tiles, pipes the player jumps over, brick ledges, "?" blocks, a player
 that walks and jumps, walking enemies (goomba, koopa) and mushroom and flower items. The sound
 track (48 kHz mono) is a chiptune loop plus a distinct effect at every event. Output: H.264 + AAC
-MP4 files in the folder `out` and, inside it, the ground-truth events table `events` (recording,
-time, label). Both paths are params; the table must lie inside `out`, so DVC tracks one folder.
+MP4 files in the folder `out` and, inside it, the ground truth: the events table `events`
+(recording, time, label) and the sprite masks `masks` (per recording a Parquet file, per frame 1
+where a sprite covers a pixel, 0 where the level itself shows: what "background recovered" is
+measured on). The paths are params; both must lie inside `out`, so DVC tracks one folder.
 
 Every event kind has its own picture and its own sound (`../shared/specs/gameplay.md`):
 - mushroom: an item climbs out of a floating "?" block, slides along the ground into the player,
@@ -27,12 +29,14 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from stages.common import dataset
 from stages.common.atomic import atomic_dir, write_json
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
@@ -40,7 +44,7 @@ from stages.common.media import write_media
 from stages.common.progress import progress
 from stages.common.seeding import rng
 from stages.common.workers import worker_count
-from stages.gameplay import art
+from stages.gameplay import art, masks
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,7 @@ class Params:
     seed: int
     out: Path  # folder of the recordings
     events: Path  # the events table, a file inside `out`
+    masks: Path  # the sprite masks, one Parquet file per recording, a folder inside `out`
     metrics: Path
     stats: Path
     recordings: int
@@ -268,10 +273,21 @@ def player_look(scene: Scene, f: int) -> art.Sprite | None:
     return (sp.fire if fire else sp.big if big else sp.small)[step]
 
 
+def camera(scene: Scene, f: int) -> int:
+    """The level's x shown at the screen's left edge in frame f: the camera follows the player."""
+    return int(scene.motion.x[f]) - SCREEN_X
+
+
+def background(scene: Scene, f: int) -> np.ndarray:
+    """The level layer alone as frame f shows it (a view into the level; do not write)."""
+    cam = camera(scene, f)
+    return scene.level[:, cam : cam + WIDTH]
+
+
 def render_frame(scene: Scene, f: int) -> np.ndarray:
     motion, sp = scene.motion, scene.sprites
-    cam = int(motion.x[f]) - SCREEN_X
-    img = scene.level[:, cam : cam + WIDTH].copy()
+    cam = camera(scene, f)
+    img = background(scene, f).copy()
 
     def draw(sprite: art.Sprite, world_x: float, y: float) -> None:
         art.blit(img, sprite, int(np.floor(world_x)) - cam, round(y))
@@ -337,11 +353,53 @@ def soundtrack(events: list[Event], seconds: float, rate: int, seed: int, index:
     return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
 
+# --- sprite masks: which pixels are not the level (the stand-in's ground truth) -----------------
+
+MASK_ROWS = 240  # frames per row group of a mask file (4 s at 60 fps; ~15 MB before zstd)
+
+
+def sprite_mask(frame: np.ndarray, scene: Scene, f: int) -> np.ndarray:
+    """(H, W) uint8: 1 where frame f differs from the bare level, i.e. where a sprite is drawn."""
+    return (frame != background(scene, f)).any(-1).astype(np.uint8)
+
+
+class MaskWriter:
+    """Collects each rendered frame's sprite mask and writes them as row groups of MASK_ROWS."""
+
+    def __init__(self, path: Path, scene: Scene) -> None:
+        self.shard = dataset.ShardFile(path, masks.schema(HEIGHT, WIDTH, FPS))
+        self.scene = scene
+        self.rows: list[np.ndarray] = []
+        self.written = 0
+
+    def frames(self, count: int) -> Iterator[np.ndarray]:
+        """Render the frames, keeping each one's mask on the way to the encoder."""
+        for f in range(count):
+            frame = render_frame(self.scene, f)
+            self.rows.append(sprite_mask(frame, self.scene, f))
+            if len(self.rows) == MASK_ROWS:
+                self._flush()
+            yield frame
+
+    def _flush(self) -> None:
+        if self.rows:
+            first = self.written
+            self.written += len(self.rows)
+            frames = np.arange(first, self.written, dtype=np.int32)
+            self.shard.write({"frame": frames, "sprites": np.stack(self.rows)})
+            self.rows.clear()
+
+    def close(self) -> int:
+        self._flush()
+        return self.shard.close()
+
+
 @dataclass(frozen=True)
 class RecordingJob:
     index: int
     events: list[Event]
     path: Path
+    mask: Path
     params: Params
 
 
@@ -350,7 +408,7 @@ def recording_name(index: int) -> str:
 
 
 def make_recording(job: RecordingJob) -> int:
-    """Render and encode one recording; returns its size in bytes."""
+    """Render and encode one recording and write its sprite masks; returns the bytes written."""
     p = job.params
     frames = round(p.length * FPS)
     motion = simulate(job.events, frames, rng(p.seed, "gameplay-jumps", job.index))
@@ -358,15 +416,9 @@ def make_recording(job: RecordingJob) -> int:
     level = build_level(width, motion, job.events, rng(p.seed, "gameplay-level", job.index))
     scene = Scene(job.events, motion, level, art.make_sprites())
     audio = soundtrack(job.events, p.length, p.audio_rate, p.seed, job.index)
-    write_media(
-        job.path,
-        (render_frame(scene, f) for f in range(frames)),
-        FPS,
-        audio,
-        p.audio_rate,
-        crf=p.crf,
-    )
-    return job.path.stat().st_size
+    mask_writer = MaskWriter(job.mask, scene)
+    write_media(job.path, mask_writer.frames(frames), FPS, audio, p.audio_rate, crf=p.crf)
+    return job.path.stat().st_size + mask_writer.close()
 
 
 def events_csv(plan_: list[list[Event]]) -> str:
@@ -380,25 +432,34 @@ def events_csv(plan_: list[list[Event]]) -> str:
     return buffer.getvalue()
 
 
-def events_name(params: Params) -> Path:
-    """The events table's path inside `out`: DVC tracks the folder, so the table must be in it."""
-    if not params.events.is_relative_to(params.out) or params.events == params.out:
+def inside_out(params: Params, key: str) -> Path:
+    """A path of `key` relative to `out`: DVC tracks the folder, so the table and the masks must
+    be in it."""
+    path = getattr(params, key)
+    if not path.is_relative_to(params.out) or path == params.out:
         raise StageError(
-            "params.yaml: gameplay_sample.events", f"must be a file inside out ({params.out})"
+            f"params.yaml: gameplay_sample.{key}", f"must lie inside out ({params.out})"
         )
-    return params.events.relative_to(params.out)
+    return path.relative_to(params.out)
 
 
 def build(params: Params) -> dict:
     """Write the recordings and the events table to `params.out` (atomically); return stats."""
     if params.audio_rate < 8000 or params.crf < 0:
         raise StageError("params.yaml: gameplay_sample", "audio_rate must be >= 8000, crf >= 0")
-    events_file = events_name(params)
+    events_file, mask_folder = inside_out(params, "events"), inside_out(params, "masks")
     schedule = plan(params)
     workers = worker_count(params.workers, params.recordings, "gameplay_sample.workers")
     with atomic_dir(params.out) as tmp:
+        (tmp / mask_folder).mkdir(parents=True)
         jobs = [
-            RecordingJob(r, events, tmp / recording_name(r), params)
+            RecordingJob(
+                r,
+                events,
+                tmp / recording_name(r),
+                masks.mask_path(tmp / mask_folder, recording_name(r)),
+                params,
+            )
             for r, events in enumerate(schedule)
         ]
         with ProcessPoolExecutor(workers) as pool:
