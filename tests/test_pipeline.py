@@ -29,6 +29,8 @@ def resolve(text: str) -> str:
     """dvc.yaml's `${section.key}` templates filled from params.yaml, as DVC does."""
 
     def value(match: re.Match) -> str:
+        if match.group(1).startswith("item."):  # a matrix stage's variant: kept as written
+            return match.group(0)
         node = PARAMS
         for key in match.group(1).split("."):
             node = node[key]

@@ -41,13 +41,18 @@ class BasicBlock(nn.Module):
 
 
 class ResDavenet(nn.Module):
-    def __init__(self, n_mels: int = 40, blocks: int = 2) -> None:
+    """`widths` are the four stages' channels: the published model's by default; the MCN
+    training stage narrows them for CPU runs."""
+
+    def __init__(self, n_mels: int = 40, blocks: int = 2, widths: tuple[int, ...] = WIDTHS) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, WIDTHS[0], (n_mels, 1), bias=False)
-        self.bn1 = nn.BatchNorm2d(WIDTHS[0])
+        if len(widths) != len(WIDTHS):
+            raise ValueError(f"ResDavenet has {len(WIDTHS)} stages: give {len(WIDTHS)} widths")
+        self.conv1 = nn.Conv2d(1, widths[0], (n_mels, 1), bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        layers, inplanes = [], WIDTHS[0]
-        for width in WIDTHS:
+        layers, inplanes = [], widths[0]
+        for width in widths:
             stage = [BasicBlock(inplanes, width, 2)]
             stage += [BasicBlock(width, width, 1) for _ in range(1, blocks)]
             layers.append(nn.Sequential(*stage))
