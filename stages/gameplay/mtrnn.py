@@ -162,4 +162,3 @@ def recognise(
         for p, flag in zip(model.parameters(), frozen, strict=True):
             p.requires_grad_(flag)
     return cs0.detach()
-
