@@ -379,7 +379,9 @@ def run_cli(cwd: Path, params: Path | None = None, **section) -> subprocess.Comp
     if params is None:
         params = cwd / "params.yaml"
         full = yaml.safe_load((ROOT / "params.yaml").read_text())
-        sections = {"base": full["base"], "gameplay_clips": full["gameplay_clips"] | section}
+        # this corpus has no sprite masks (a section may name its own)
+        own = full["gameplay_clips"] | {"masks": None} | section
+        sections = {"base": full["base"], "gameplay_clips": own}
         params.write_text(yaml.safe_dump(sections))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STAGES_RUN_LOG": str(cwd / "logs")}
     return subprocess.run(

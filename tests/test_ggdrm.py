@@ -10,7 +10,14 @@ import torch
 
 from stages.lipspeech.ggdrm import GGDRM, Config, GaussianRBM, RelationalRBM, stack, unroll
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Enumeration checks in double precision; the default is restored for the other tests."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 
 
 def tiny(seed: int = 0, scale: float = 0.8) -> GGDRM:

@@ -83,7 +83,7 @@ def test_resume_gives_the_bytes_of_an_unbroken_run(tmp_path, clips, cae):  # noq
 def test_bad_time_constant_is_refused_by_key(tmp_path, clips, cae):  # noqa: F811
     bad = mt.ModelParams(fast=6, slow=3, tau_io=0.5, tau_fast=5.0, tau_slow=70.0)
     with pytest.raises(StageError, match=r"mtrnn_train\.model_config.*tau_io"):
-        mt.check(params_of(tiny_params(tmp_path, clips, cae), model_config=bad))
+        mt.check(params_of(tiny_params(tmp_path, clips, cae), model_config=bad), "mtrnn_train")
 
 
 @pytest.mark.slow

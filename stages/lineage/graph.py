@@ -13,6 +13,7 @@ and `find_metric` answer the audit questions from it.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -84,14 +85,23 @@ class Pipeline:
         """What the pipeline writes into Git (not DVC's cache): a rerun commits these."""
         return sorted({p for s in self.stages.values() for p in s.in_git})
 
+    @functools.cached_property
+    def edges(self) -> dict[str, set[str]]:
+        """For each stage, the stages whose outputs it depends on (computed once: every chain
+        asks, and a stage lists its whole import closure as deps)."""
+        return {
+            s.name: {p for d in s.deps for p in producers(self, d.path) if p != s.name}
+            for s in self.stages.values()
+        }
+
 
 # --- pure questions on a pipeline ------------------------------------------------------------
 
 
 def overlaps(a: str, b: str) -> bool:
     """Whether two repository paths are the same or one lies inside the other (DVC's rule)."""
-    pa, pb = PurePosixPath(a), PurePosixPath(b)
-    return pa == pb or pa in pb.parents or pb in pa.parents
+    pa, pb = PurePosixPath(a).as_posix(), PurePosixPath(b).as_posix()
+    return pa == pb or pb.startswith(pa + "/") or pa.startswith(pb + "/")
 
 
 def producers(pipeline: Pipeline, path: str) -> list[str]:
@@ -99,17 +109,9 @@ def producers(pipeline: Pipeline, path: str) -> list[str]:
     return [s.name for s in pipeline.stages.values() if any(overlaps(o.path, path) for o in s.outs)]
 
 
-def upstream_edges(pipeline: Pipeline) -> dict[str, set[str]]:
-    """For each stage, the stages whose outputs it depends on."""
-    return {
-        s.name: {p for d in s.deps for p in producers(pipeline, d.path) if p != s.name}
-        for s in pipeline.stages.values()
-    }
-
-
 def chain(pipeline: Pipeline, stage: str) -> list[str]:
     """`stage` and every stage upstream of it, raw inputs first (topological, ties by name)."""
-    edges = upstream_edges(pipeline)
+    edges = pipeline.edges
     needed: set[str] = set()
     todo = [stage]
     while todo:
@@ -122,7 +124,7 @@ def chain(pipeline: Pipeline, stage: str) -> list[str]:
 
 def downstream(pipeline: Pipeline, stages: Iterable[str]) -> set[str]:
     """The given stages and every stage that depends on them, directly or not."""
-    edges = upstream_edges(pipeline)
+    edges = pipeline.edges
     found = set(stages)
     grew = True
     while grew:
