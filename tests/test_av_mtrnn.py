@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import pytest
 import torch
 import yaml
 from scipy.io import wavfile
+from stage_cli import run_stage_cli
 
 from stages.common import dataset
 from stages.common.errors import StageError
@@ -228,15 +226,12 @@ def test_the_audio_visual_stages_train_and_judge_the_sound(tmp_path, sounding_cl
     full = yaml.safe_load((REPO / "params.yaml").read_text())
     outs = {k: str(tmp_path / "ev" / Path(v).name) for k, v in full["av_mtrnn_evaluate"].items()
             if k in ("metrics", "baselines", "stats", "sounds", "spectra")}  # fmt: skip
-    section = full["av_mtrnn_evaluate"] | outs | {
+    changes = outs | {
         "clips": str(sounding_clips), "cae": str(cae), "mtrnn": str(params.model),
         "device": "cpu", "recognise_steps": 5,
     }  # fmt: skip
-    path = tmp_path / "evaluate.yaml"
-    path.write_text(yaml.safe_dump({"base": full["base"], "av_mtrnn_evaluate": section}))
-    env = {**os.environ, "STAGES_RUN_LOG": str(tmp_path / "logs")}
-    command = [sys.executable, "-m", "stages.gameplay.sound_evaluate", "--params", str(path)]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    done = run_stage_cli("stages.gameplay.sound_evaluate", "av_mtrnn_evaluate", changes,
+                         tmp_path / "run")  # fmt: skip
     assert done.returncode == 0, done.stderr
     metrics = json.loads(Path(outs["metrics"]).read_text())
     assert set(metrics["test"]) == {f"{m}_{k}" for m in ("pictures_shown", "closed_loop")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from stage_cli import run_stage_cli
 from test_cae_train import clips  # noqa: F401  (the fixture: six small clips, two held out)
 from test_mtrnn_train import cae  # noqa: F401  (a CAE trained on them)
 from test_mtrnn_train import params_of as mtrnn_params_of
@@ -58,15 +56,11 @@ def test_the_stage_scores_train_and_held_out_clips(tmp_path, clips, cae):  # noq
     outs = {k: str(tmp_path / Path(v).name) for k, v in full["cae_mtrnn_evaluate"].items()
             if k in ("metrics", "baselines", "stats", "curve", "strips", "recovered",
                      "recovered_baselines", "per_clip")}  # fmt: skip
-    section = full["cae_mtrnn_evaluate"] | outs | {
+    changes = outs | {
         "clips": str(clips), "cae": str(cae), "mtrnn": str(tmp_path / "m/mtrnn.pt"),
         "device": "cpu", "recognise_steps": 5,
     }  # fmt: skip
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"base": full["base"], "cae_mtrnn_evaluate": section}))
-    env = {**os.environ, "STAGES_RUN_LOG": str(tmp_path / "logs")}
-    command = [sys.executable, "-m", "stages.gameplay.evaluate", "--params", str(params)]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    done = run_stage_cli("stages.gameplay.evaluate", "cae_mtrnn_evaluate", changes, tmp_path)
     assert done.returncode == 0, done.stderr
     metrics = json.loads(Path(outs["metrics"]).read_text())
     assert set(metrics) == {"train", "test"}
