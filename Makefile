@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test lint bench lock clean-venv gpu-exp
+.PHONY: setup repro test lint bench bench-gpu lock clean-venv gpu-exp
 
 setup: $(STAMP)
 
@@ -18,15 +18,33 @@ $(STAMP): requirements.lock pyproject.toml
 repro: $(STAMP)
 	. $(VENV)/bin/activate && dvc repro
 
+# Debian tools a target needs (Chromium for the report's browser test, ffmpeg for the clip
+# benchmark's reference): installed with apt-get when missing, or a one-line error saying how.
+define need
+	@missing=""; for tool in $(1); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing; run: sudo apt-get install -y$$missing" >&2; exit 1; fi; \
+	  echo "installing$$missing (apt-get)"; \
+	  apt-get install -y -q $$missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; } \
+	    || { echo "apt-get could not install$$missing" >&2; exit 1; }; \
+	fi
+endef
+
 # Activated, so that the `python` and `dvc` that tests start as subprocesses are the venv's too.
 test: $(STAMP)
+	$(call need,chromium)
 	. $(VENV)/bin/activate && ruff check . && python -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# CPU benchmarks here; the *_gpu.py ones need a CUDA GPU and stop without one (`make bench-gpu`).
 bench: $(STAMP)
-	. $(VENV)/bin/activate && for b in benchmarks/*.py; do python $$b || exit 1; done
+	$(call need,ffmpeg)
+	. $(VENV)/bin/activate && for b in $(filter-out %_gpu.py,$(wildcard benchmarks/*.py)); do python $$b || exit 1; done
+
+bench-gpu: $(STAMP)
+	. $(VENV)/bin/activate && for b in $(wildcard benchmarks/*_gpu.py); do python $$b || exit 1; done
 
 # The paper-scale training runs on a GPU machine, as a DVC experiment: params.yaml with the values
 # of params-gpu.yaml laid over it (`dvc exp show` then lists it beside the embedded default).

@@ -12,7 +12,7 @@
 
 Run: `python benchmarks/gameplay_clips.py` from the repository root (a few minutes; recordings it
 needs are generated into benchmarks/out/ once). The reference needs the ffmpeg CLI
-(`apt-get install -y ffmpeg`); without it the script says so and measures the stage alone.
+(`make bench` installs it with apt-get; run alone without it, the script stops with that command).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def clip_params(recordings: Path, workers: int, out: Path) -> gc.Params:
     )
 
 
-def run_child(*args: str) -> dict | None:
+def run_child(*args: str) -> dict:
     """Run one measurement in a fresh process, so its peak memory is its own."""
     command = [sys.executable, __file__, *args]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
@@ -97,10 +97,8 @@ def child(recordings: Path, workers: int) -> None:
     print(json.dumps(result))
 
 
-def reference(recordings: Path) -> dict | None:
+def reference(recordings: Path) -> dict:
     """One ffmpeg process per clip, output read back from files."""
-    if shutil.which("ffmpeg") is None:
-        return None
     params = clip_params(recordings, 1, OUT / "unused")  # reads the clip settings only
     specs = gc.parse_rows(gc.read_events(params.events), params)
     clips = [s for s in specs if isinstance(s, gc.ClipSpec)]
@@ -165,13 +163,13 @@ def main() -> None:
         f"{'run':<34} {'clips':>5} {'wall s':>7} {'cpu s':>7} {'real time':>10} {'vs ref':>7} "
         f"{'peak MB':>8}"
     )
-    if shutil.which("ffmpeg") is None:
-        print("ffmpeg CLI not found: the reference needs it (apt-get install -y ffmpeg); skipped")
+    if shutil.which("ffmpeg") is None:  # a table without its reference would mislead
+        sys.exit("ffmpeg CLI not found: the reference needs it (apt-get install -y ffmpeg)")
     runs: dict[str, list[dict]] = {}
     for _ in range(args.repeats):
-        ref = run_child("--reference", str(recordings))
-        if ref is not None:
-            runs.setdefault("reference: ffmpeg process per clip", []).append(ref)
+        runs.setdefault("reference: ffmpeg process per clip", []).append(
+            run_child("--reference", str(recordings))
+        )
         runs.setdefault("gameplay_clips, 1 worker", []).append(run_stage_child(recordings, 1))
         runs.setdefault(f"gameplay_clips, {workers} workers", []).append(
             run_stage_child(recordings, workers)
