@@ -23,7 +23,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows import dvc_cli
 from flows.reproduce import ReproFailed, RunSummary, is_transient, reproduce, slug, summary_markdown
-from flows.retrain import commit_message, retrain
+from flows.retrain import changed_inputs, commit_message, retrain
 from tests.dvc_toy import ROOT, build_toy, git
 
 # --- pure helpers ----------------------------------------------------------------------------
@@ -111,9 +111,27 @@ def test_summary_and_commit_message() -> None:
         {"file": "r.json", "metric": "acc", "old": 0.5, "new": 0.75, "change": 0.25},
         {"file": "r.json", "metric": "n", "old": 3, "new": 3, "change": 0},
     ]
-    message = commit_message("brave-fox", "1234", RunSummary("/w", [], {}, ["train"]), rows)
+    ran = RunSummary("/w", [], {}, ["train"])
+    message = commit_message("brave-fox", "1234", ran, rows, [])
     assert message.splitlines()[0] == "retrain: flow run brave-fox (1234)"
     assert "- r.json: acc: 0.5 -> 0.75" in message and "r.json: n" not in message
+    worse = [{**rows[0], "new": 0.25, "better": "higher", "worse_by": 0.5}]
+    message = commit_message("brave-fox", "1234", ran, rows, worse)
+    assert message.splitlines()[0] == "retrain: flow run brave-fox (1234): 1 REGRESSION"
+    assert "- r.json:acc: 0.5 -> 0.25 (50.0% worse; higher is better)" in message
+
+
+def test_changed_inputs_name_each_path_and_param() -> None:
+    status = {
+        "train": [{"changed deps": {"params.yaml": {"train.lr": "modified"}, "d": "deleted"}}],
+        "prep": ["changed command", {"changed outs": {"data/p.txt": "not in cache"}}],
+    }
+    assert changed_inputs(status) == [
+        "prep: changed command",
+        "prep: changed outs: data/p.txt (not in cache)",
+        "train: changed deps: params.yaml:train.lr (modified)",
+        "train: changed deps: d (deleted)",
+    ]
 
 
 # --- flows under the test harness ------------------------------------------------------------
@@ -123,7 +141,7 @@ def test_summary_and_commit_message() -> None:
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     home = tmp_path_factory.mktemp("prefect-home")  # nothing leaks into ~/.prefect
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("PYTHONPATH", str(ROOT))  # the toy's lineage stage imports `stages`
+        env.setenv("PYTHONPATH", str(ROOT))  # the toy's report stage imports `stages`
         with temporary_settings({PREFECT_HOME: home}), prefect_test_harness(180):
             yield
 
@@ -153,10 +171,10 @@ def artifacts(key: str) -> list[object]:
 def test_reproduce_runs_stale_stages_and_publishes_artifacts(harness: None, stale: Path) -> None:
     summary = reproduce(workspace=str(stale))
     assert summary["stale"].keys() == {"prep"}
-    assert summary["ran"] == ["prep", "train", "lineage"]
+    assert summary["ran"] == ["prep", "train", "evaluate", "report"]
     assert dvc_cli.parse_status(dvc_cli.dvc(stale, "status", "--json").output) == {}
     (markdown,) = artifacts(f"dvc-repro-{slug(stale)}")
-    assert "stages re-run: prep, train, lineage" in markdown.data
+    assert "stages re-run: prep, train, evaluate, report" in markdown.data
     # train.json's byte count went from 12 to 16: the metrics diff against HEAD shows it
     assert re.search(r"\| reports/train.json \| bytes +\| 12 +\| 16 ", markdown.data)
     (table,) = artifacts(f"dvc-lock-{slug(stale)}")
@@ -181,7 +199,7 @@ def test_overlapping_runs_take_turns(harness: None, stale: Path) -> None:
     # one run reproduced; the other waited for the writer slot, then found nothing stale (DVC's
     # lock alone would let both see `prep` stale, and the second repro would merely skip it)
     waited, first = sorted(results, key=lambda r: len(r["ran"]))
-    assert first["ran"] == ["prep", "train", "lineage"]
+    assert first["ran"] == ["prep", "train", "evaluate", "report"]
     assert waited["ran"] == [] and waited["stale"] == {}
 
 
@@ -206,18 +224,53 @@ def test_stage_error_fails_the_flow_once_with_the_failure_in_the_artifact(
 def test_retrain_commits_lock_and_metrics_naming_the_run(harness: None, stale: Path) -> None:
     (stale / "notes.txt").write_text("staged by the user, not part of the retraining\n")
     git(stale, "add", "notes.txt")
-    result = retrain(workspace=str(stale), targets=["train", "lineage"], commit=True)
+    result = retrain(workspace=str(stale), targets=["evaluate", "report"], commit=True)
     by_name = {(r["file"], r["metric"]): (r["old"], r["new"]) for r in result["metrics"]}
     assert by_name[("reports/train.json", "bytes")] == (12, 16)
+    assert by_name[("reports/eval.json", "score")] == (0.12, 0.16)
     assert by_name[("reports/other.json", "files")] == (2, 2)
+    assert result["regressions"] == []  # nested.acc, the watched metric, did not move
     head = git(stale, "log", "-1", "--format=%H%n%B")
     assert head.splitlines()[0] == result["commit"]
     assert "retrain: flow run " in head and "reports/train.json: bytes: 12 -> 16" in head
+    assert "REGRESSION" not in head
     committed = git(stale, "show", "--name-only", "--format=", "HEAD").split()
-    assert sorted(committed) == ["dvc.lock", "reports/lineage.md", "reports/train.json"]
+    assert sorted(committed) == [
+        "dvc.lock", "reports/eval.json", "reports/index.html", "reports/index.md",
+        "reports/lineage.md", "reports/train.json",
+    ]  # fmt: skip
     assert "A  notes.txt" in git(stale, "status", "--porcelain")  # still staged, not committed
     (table,) = artifacts(f"retrain-metrics-{slug(stale)}")
     assert "reports/train.json" in str(table.data)
+    (markdown,) = artifacts(f"retrain-{slug(stale)}")
+    assert "- prep: changed deps: raw/a.txt (modified)" in markdown.data
+    assert "| reports/eval.json | score | 0.12 | 0.16 |" in markdown.data
+    assert "- none" in markdown.data.split("## Regressions")[1].split("##")[0]
+    assert (stale / "reports/index.html").as_uri() in markdown.data
+
+
+def test_regressions_follow_the_watched_direction_and_threshold() -> None:
+    from flows.retrain import Params, Watch, regressions
+
+    rows = [
+        {"file": "r.json", "metric": "acc", "old": 0.5, "new": 0.25, "change": -0.25},
+        {"file": "r.json", "metric": "mse", "old": 2.0, "new": 2.1, "change": 0.1},
+        {"file": "r.json", "metric": "nmi", "old": 0.9, "new": 0.95, "change": 0.05},
+    ]
+    watch = [
+        Watch("r.json:acc", "higher"),
+        Watch("r.json:mse", "lower"),
+        Watch("r.json:nmi", "lower"),
+    ]
+    flagged = regressions(rows, Params(0.04, "index.html", watch))
+    # acc fell by 50%, mse rose by 5%, nmi (watched as lower-is-better) rose by 5.6%
+    assert [(r["metric"], round(r["worse_by"], 3)) for r in flagged] == [
+        ("acc", 0.5), ("mse", 0.05), ("nmi", 0.056),
+    ]  # fmt: skip
+    assert [r["metric"] for r in regressions(rows, Params(0.055, "index.html", watch))] == [
+        "acc", "nmi",
+    ]  # fmt: skip
+    assert regressions(rows, None) == []
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Lineage audit: pure graph questions on hand-made pipelines, then a real temporary DVC project."""
+"""Lineage audit: pure graph questions on hand-made pipelines, then a real temporary DVC project
+(tests/dvc_toy.py) with a model, whose chains run metric -> model -> data -> raw."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from stages.common.errors import StageError
-from stages.lineage import report as lineage
+from stages.common.params import load_section
+from stages.lineage import audit as lineage
+from stages.lineage import report as report_stage
 from stages.lineage.graph import (
     MISSING,
     MODIFIED,
@@ -124,19 +127,24 @@ def test_changes_name_each_difference() -> None:
     assert DIAMOND.stages["a"].changes() == []
 
 
-def test_missing_report_deps_catches_a_forgotten_metrics_file() -> None:
+def test_missing_report_deps_catches_a_forgotten_input() -> None:
     with_report = Pipeline(
-        {**DIAMOND.stages, "lineage": record("lineage", ["reports/c.json"], ["reports/lineage.md"])}
+        {**DIAMOND.stages, "report": record("report", ["reports/c.json"], ["reports/index.html"])}
     )
-    assert lineage.missing_report_deps(with_report) == ["reports/d.json", "reports/e.json"]
+    inputs = [*with_report.metrics_files(), "reports/c.json", "models/m.pt"]
+    assert report_stage.missing_deps(with_report, inputs) == [
+        "reports/d.json", "reports/e.json", "models/m.pt",
+    ]  # fmt: skip
 
 
-def test_repo_lineage_stage_depends_on_every_metrics_file() -> None:
-    """Catches a merge that adds a stage with metrics but forgets them in the lineage stage."""
+def test_repo_report_stage_depends_on_everything_it_shows() -> None:
+    """Catches a merge that adds a stage with metrics, pictures, curves or a model but forgets
+    them in the report stage (only what is on disk can be checked: models live in DVC's cache)."""
     pipeline = load_pipeline(ROOT, git=False)
-    assert "lineage" in pipeline.stages
+    assert "report" in pipeline.stages
     assert pipeline.metrics_files(), "the pipeline declares no metrics at all"
-    assert lineage.missing_report_deps(pipeline) == []
+    inputs = report_stage.find_inputs(pipeline, ROOT).paths(pipeline)
+    assert report_stage.missing_deps(pipeline, inputs) == []
 
 
 # --- a real DVC project ----------------------------------------------------------------------
@@ -158,7 +166,8 @@ def project(built: Path, tmp_path: Path) -> Path:
 def test_current_project_reports_lock_hashes_and_disk_agree(built: Path) -> None:
     pipeline = load_pipeline(built)
     assert all(not s.changes() for s in pipeline.stages.values())
-    answer = lineage.audit_file(pipeline, "reports/train.json")
+    models = lineage.all_models(pipeline, built)
+    answer = lineage.audit_file(pipeline, "reports/train.json", models)
     assert answer["current"] and answer["chain"] == ["prep", "train"]
     assert answer["git"]["commit"] and answer["git"]["uncommitted"] == []
     prep = answer["stages"][0]
@@ -169,19 +178,26 @@ def test_current_project_reports_lock_hashes_and_disk_agree(built: Path) -> None
     train = answer["stages"][1]
     assert next(e for e in train["deps"] if e["path"] == "data/prep.txt")["from"] == "prep"
     # the other metric's chain is only its own stage, whose directory dep has DVC's .dir hash
-    other = lineage.audit_file(pipeline, "reports/other.json")
+    other = lineage.audit_file(pipeline, "reports/other.json", models)
     assert other["chain"] == ["other"]
     raw_dir = next(e for e in other["stages"][0]["deps"] if e["path"] == "raw/dir")
     assert raw_dir["md5"].endswith(".dir") and raw_dir["nfiles"] == 2 and raw_dir["size"] == 4
 
 
-def test_lineage_stage_is_deterministic_and_not_stale_after_repro(built: Path) -> None:
+def report_params(root: Path) -> report_stage.Params:
+    return load_section(report_stage.Params, "report", root / "params.yaml")
+
+
+def test_report_stage_is_deterministic_and_not_stale_after_repro(built: Path) -> None:
     assert dvc(built, "status", "--json").strip() in ("{}", "")  # the dvc.lock trap avoided
-    report = (built / "reports/lineage.md").read_text()
+    outputs = ["reports/lineage.md", "reports/index.html", "reports/index.md"]
+    before = {o: (built / o).read_bytes() for o in outputs}
+    report = before["reports/lineage.md"].decode()
     assert "reports/train.json | train | prep → train | current" in report
+    assert "reports/eval.json | evaluate | prep → train → evaluate | current" in report
     assert "**STALE**" not in report
-    lineage.write_report(built, Path("reports/lineage.md"))
-    assert (built / "reports/lineage.md").read_text() == report
+    report_stage.build_report(report_params(built), built)
+    assert {o: (built / o).read_bytes() for o in outputs} == before
 
 
 def test_changed_input_is_flagged_stale_like_dvc_status(project: Path) -> None:
@@ -189,11 +205,12 @@ def test_changed_input_is_flagged_stale_like_dvc_status(project: Path) -> None:
     pipeline = load_pipeline(project)
     assert pipeline.stages["prep"].changes() == ["dep raw/a.txt: modified"]
     assert not pipeline.stages["other"].changes()
-    stale = {n for n, s in pipeline.stages.items() if s.changes() and n != "lineage"}
-    assert stale == set(json.loads(dvc(project, "status", "--json"))) - {"lineage"}
-    train = lineage.audit_file(pipeline, "reports/train.json")
-    assert not train["current"]
-    assert lineage.audit_file(pipeline, "reports/other.json")["current"]
+    stale = {n for n, s in pipeline.stages.items() if s.changes() and n != "report"}
+    assert stale == set(json.loads(dvc(project, "status", "--json"))) - {"report"}
+    models = lineage.all_models(pipeline, project)
+    train = lineage.audit_file(pipeline, "reports/train.json", models)
+    assert not train["current"] and train["stale"] == ["prep: dep raw/a.txt: modified"]
+    assert lineage.audit_file(pipeline, "reports/other.json", models)["current"]
     text = lineage.render(train, as_json=False)
     assert "**STALE**" in text and "| dep | raw/a.txt |" in text
     assert "uncommitted changes in: raw/a.txt" in text
@@ -204,15 +221,18 @@ def test_changed_input_is_flagged_stale_like_dvc_status(project: Path) -> None:
 
 def test_report_of_a_stale_pipeline_says_so_per_metric(project: Path) -> None:
     (project / "raw/dir/z").write_text("new recording\n")
-    report = lineage.write_report(project, Path("reports/lineage.md"))
-    assert not report["current"]
-    assert {m["metrics_file"]: m["current"] for m in report["metrics"]} == {
+    audit = report_stage.build_report(report_params(project), project)["audit"]
+    assert not audit["current"]
+    assert {m["metrics_file"]: m["current"] for m in audit["metrics"]} == {
+        "reports/eval.json": True,
         "reports/other.json": False,
         "reports/train.json": True,
     }
     text = (project / "reports/lineage.md").read_text()
     assert "| reports/other.json | other | other | **STALE** |" in text
     assert "**STALE** — dep raw/dir: modified" in text
+    page = (project / "reports/index.md").read_text()
+    assert "**STALE**: some numbers below no longer match their inputs" in page
 
 
 def test_changed_param_and_hand_edited_metric_are_flagged(project: Path) -> None:
@@ -233,10 +253,68 @@ def test_metric_and_data_questions_on_the_project(
         ("reports/train.json", 0.5)
     ]
     assert lineage.main(["--root", str(built), "data", "raw/dir/x", "--json"]) == 0
-    found = json.loads(capsys.readouterr().out)["metrics"]
-    assert [(m["metrics_file"], m["via"]) for m in found] == [("reports/other.json", ["other"])]
+    found = json.loads(capsys.readouterr().out)
+    assert [(m["metrics_file"], m["via"]) for m in found["metrics"]] == [
+        ("reports/other.json", ["other"])
+    ]
+    assert found["models"] == []
     assert lineage.main(["--root", str(built), "data", "step.py"]) == 0
     assert "reports/train.json | train | prep, train | current" in capsys.readouterr().out
+
+
+def test_metric_chain_runs_through_the_model_to_the_raw_data(
+    built: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert lineage.main(["--root", str(built), "metric", "score", "--json", "--fail-stale"]) == 0
+    (hit,) = json.loads(capsys.readouterr().out)["found_in"]
+    assert hit["value"] == 0.12 and hit["current"] and hit["stale"] == []
+    evaluate = hit["tree"]["stage"]
+    assert evaluate["name"] == "evaluate" and evaluate["code"] == ["step.py"]
+    (model_dep,) = evaluate["inputs"]
+    assert model_dep["kind"] == "model" and model_dep["path"] == "models/model.pt"
+    (model,) = model_dep["models"]
+    prep_md5 = hashlib.md5((built / "data/prep.txt").read_bytes()).hexdigest()
+    assert model["step"] == 12 and model["inputs"] == {"data/prep.txt": prep_md5}
+    assert model["stage"] == "train" and model["problems"] == []
+    (train,) = model_dep["from"]
+    assert train["name"] == "train" and train["params"] == {"train.lr": 0.1}
+    (data,) = train["inputs"]
+    assert (data["kind"], data["path"], data["md5"]) == ("data", "data/prep.txt", prep_md5)
+    (prep,) = data["from"]
+    (raw,) = prep["inputs"]
+    assert prep["source"] and raw["kind"] == "raw" and raw["path"] == "raw/a.txt"
+    assert raw["md5"] == hashlib.md5(b"1 2 3\n").hexdigest() and raw["dvc_added"] is False
+    # the reverse: the raw file leads to the model and to both metrics computed from it
+    assert lineage.main(["--root", str(built), "data", "raw/a.txt", "--json"]) == 0
+    below = json.loads(capsys.readouterr().out)
+    assert [m["path"] for m in below["models"]] == ["models/model.pt"]
+    assert [m["metrics_file"] for m in below["metrics"]] == [
+        "reports/eval.json", "reports/train.json",
+    ]  # fmt: skip
+
+
+def test_a_model_whose_record_disagrees_with_dvc_lock_is_a_stale_link(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A model file that DVC sees as current (committed by hand) but was trained on other data:
+    only its record can tell, and the chain says so."""
+    import torch
+
+    model = project / "models/model.pt"
+    record = torch.load(model, weights_only=True)
+    torch.save({**record, "inputs": {"data/prep.txt": "0" * 32}}, model)
+    dvc(project, "commit", "-f", "-q", "train", "evaluate")
+    pipeline = load_pipeline(project)
+    assert not pipeline.stages["train"].changes()  # DVC alone sees nothing wrong
+    models = lineage.all_models(pipeline, project)
+    answer = lineage.audit_file(pipeline, "reports/eval.json", models)
+    assert answer["stale"] == [
+        f"models/model.pt: trained on data/prep.txt {'0' * 32}, dvc.lock has "
+        + hashlib.md5((project / "data/prep.txt").read_bytes()).hexdigest()
+    ]
+    args = ["--root", str(project), "metric", "reports/eval.json:score", "--fail-stale"]
+    assert lineage.main(args) == lineage.EXIT_STALE
+    assert "**STALE**: trained on data/prep.txt" in capsys.readouterr().out
 
 
 def test_cli_errors_name_the_file(built: Path, capsys: pytest.CaptureFixture) -> None:
@@ -244,10 +322,10 @@ def test_cli_errors_name_the_file(built: Path, capsys: pytest.CaptureFixture) ->
     assert "lineage: error: data/prep.txt: not a metrics file" in capsys.readouterr().err
 
 
-def test_report_refuses_a_lineage_stage_missing_a_metrics_dep(project: Path) -> None:
+def test_report_refuses_a_report_stage_missing_an_input(project: Path) -> None:
     dvc_yaml = project / "dvc.yaml"
-    dvc_yaml.write_text(dvc_yaml.read_text().replace(", reports/other.json]", "]"))
-    before = (project / "reports/lineage.md").read_text()
-    with pytest.raises(StageError, match=r"missing: reports/other\.json"):
-        lineage.write_report(project, Path("reports/lineage.md"))
-    assert (project / "reports/lineage.md").read_text() == before
+    dvc_yaml.write_text(dvc_yaml.read_text().replace(" models/model.pt,\n", "\n"))
+    before = (project / "reports/index.html").read_text()
+    with pytest.raises(StageError, match=r"missing: models/model\.pt"):
+        report_stage.build_report(report_params(project), project)
+    assert (project / "reports/index.html").read_text() == before

@@ -1,10 +1,12 @@
-"""The scheduler: its config, and one end-to-end run of `prefect server start` and served flow."""
+"""The scheduler: its config, and one end-to-end run of `prefect server start` and served flows
+(a reproduction, and a retraining after a params change that commits and flags a regression)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from flows import scheduler
+from flows import dvc_cli, scheduler
 from flows.reproduce import slug
 from stages.common.errors import StageError
 from tests.dvc_toy import ROOT, build_toy, dvc
@@ -33,6 +35,12 @@ deployments:
     name: every-few-seconds
     interval: 30
     workspace: {workspace}
+  - flow: retrain
+    name: retrain-every-few-seconds
+    interval: 30
+    workspace: {retrained}
+    targets: [evaluate, report]
+    commit: true
 """
 
 
@@ -173,8 +181,14 @@ def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> 
     workspace = build_toy(tmp_path / "toy")
     (workspace / "raw/a.txt").write_text("changed\n")
     other = build_toy(tmp_path / "other", reproduce=False)  # a pipeline no deployment names
+    retrained = build_toy(tmp_path / "retrained")
+    params = retrained / "params.yaml"  # halves the watched nested.acc (5 x lr): a regression
+    params.write_text(params.read_text().replace("lr: 0.1", "lr: 0.05"))
     home, port = tmp_path / "prefect", free_port()
-    config = write(tmp_path / "s.yaml", CONFIG.format(port=port, home=home, workspace=workspace))
+    config = write(
+        tmp_path / "s.yaml",
+        CONFIG.format(port=port, home=home, workspace=workspace, retrained=retrained),
+    )
     env = {
         **{k: v for k, v in os.environ.items() if k != scheduler.AUTH_ENV},  # make a secret
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",  # schedule within seconds
@@ -198,7 +212,12 @@ def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> 
         secret = home / "auth_string"
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
         auth = secret.read_text().strip()
-        (deployment,) = post(port, "deployments/filter", {}, auth)
+        deployment, retraining = sorted(
+            post(port, "deployments/filter", {}, auth), key=lambda d: d["name"]
+        )
+        assert (deployment["name"], retraining["name"]) == (
+            "every-few-seconds", "retrain-every-few-seconds",
+        )  # fmt: skip
         assert deployment["parameters"] == {}
         assert deployment["parameter_openapi_schema"]["properties"] == {}
         # The issue's attack: a run of the served flow in another directory, forced.
@@ -212,14 +231,16 @@ def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> 
         assert refused.value.code == 401
         # Even with the secret, the run ends before the flow starts: it takes no parameters.
         hostile_run = post(port, create, hostile, auth)["id"]
-        deadline, runs, reproduced, completed, hostile_end = (
+        deadline, runs, reproduced, completed, hostile_end, flagged = (
             time.monotonic() + 300,
             [],
             [],
             set(),
             [],
+            [],
         )
-        while time.monotonic() < deadline and not (reproduced and completed and hostile_end):
+        retrain_key = f"retrain-{slug(retrained)}"
+        while time.monotonic() < deadline and not (reproduced and flagged and hostile_end):
             time.sleep(3)
             runs = api(port, "flow_runs/filter", {}, auth)
             hostile_end = [
@@ -232,11 +253,36 @@ def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> 
             reproduced = [
                 a
                 for a in found
-                if "stages re-run: prep, train, lineage" in a["data"]
+                if "stages re-run: prep, train, evaluate, report" in a["data"]
                 and a["flow_run_id"] in completed
             ]
+            found = api(
+                port, "artifacts/filter", {"artifacts": {"key": {"any_": [retrain_key]}}}, auth
+            )
+            flagged = [
+                a for a in found if "1 regression(s) flagged" in a["data"]
+                and a["flow_run_id"] in completed
+            ]  # fmt: skip
         assert completed, f"no scheduled run finished; states: {[r['state_type'] for r in runs]}"
         assert reproduced, "no scheduled run published the artifact of the reproduction"
+        seen = [(a["flow_run_id"], a["data"][:60]) for a in found]
+        assert flagged, f"no scheduled retraining flagged the regression; artifacts: {seen}"
+        (artifact,) = flagged
+        text = artifact["data"]
+        assert "- train: changed deps: params.yaml:train.lr (modified)" in text
+        assert re.search(r"\| train\.lr +\| 0\.1 +\| 0\.05 +\|", text)  # dvc params diff --md
+        regression = "reports/train.json:nested.acc: 0.5 -> 0.25 (50.0% worse; higher is better)"
+        assert f"**{regression}**" in text
+        (run,) = [r for r in runs if r["id"] == artifact["flow_run_id"]]
+        head = dvc_cli.git(retrained, "log", "-1", "--format=%B").output
+        assert head.splitlines()[0] == (
+            f"retrain: flow run {run['name']} ({run['id']}): 1 REGRESSION"
+        )
+        assert f"- {regression}" in head
+        committed = dvc_cli.git(retrained, "show", "--name-only", "--format=", "HEAD").output
+        assert {"dvc.lock", "params.yaml", "reports/train.json", "reports/index.html"} <= set(
+            committed.split()
+        )
         assert hostile_end == ["CRASHED"], f"the run given a workspace ended {hostile_end}"
         assert (  # the runner's engine, before the flow's code: the run took no parameters
             "SignatureMismatchError: Function expects parameters [] but was provided with "

@@ -1,7 +1,7 @@
-"""`python -m stages.lineage {file,metric,data,report} ...`: the lineage audit (see `report.py`)."""
+"""`python -m stages.lineage {file,metric,data} ...`: the lineage audit (see `audit.py`)."""
 
 import sys
 
-from stages.lineage.report import main
+from stages.lineage.audit import main
 
 sys.exit(main())

@@ -77,6 +77,7 @@ class Pipeline:
     stages: Mapping[str, StageRecord]  # in DVC's order (dvc.yaml order)
     git_commit: str | None = None
     git_dirty: tuple[str, ...] = field(default=())  # audited files with uncommitted changes
+    added: tuple[str, ...] = ()  # raw data tracked by `dvc add` (a .dvc file each)
 
     def metrics_files(self) -> list[str]:
         return sorted({m for s in self.stages.values() for m in s.metrics})
@@ -84,6 +85,17 @@ class Pipeline:
     def git_outputs(self) -> list[str]:
         """What the pipeline writes into Git (not DVC's cache): a rerun commits these."""
         return sorted({p for s in self.stages.values() for p in s.in_git})
+
+    @functools.cached_property
+    def dep_producers(self) -> dict[str, list[str]]:
+        """`producers` of every dependency path, computed once (every audit question asks)."""
+        outs = [(o.path, s.name) for s in self.stages.values() for o in s.outs]
+        paths = {d.path for s in self.stages.values() for d in s.deps}
+        found: dict[str, list[str]] = {}
+        for path in paths:
+            names = [name for out, name in outs if overlaps(out, path)]
+            found[path] = list(dict.fromkeys(names))  # a stage once, in pipeline order
+        return found
 
     @functools.cached_property
     def edges(self) -> dict[str, set[str]]:
@@ -106,6 +118,9 @@ def overlaps(a: str, b: str) -> bool:
 
 def producers(pipeline: Pipeline, path: str) -> list[str]:
     """Stages with an output that is, contains or lies inside `path`."""
+    known = pipeline.dep_producers
+    if path in known:
+        return known[path]
     return [s.name for s in pipeline.stages.values() if any(overlaps(o.path, path) for o in s.outs)]
 
 
@@ -154,22 +169,25 @@ def producer_of_metric(pipeline: Pipeline, path: str) -> str:
     raise StageError(path, f"not a metrics file declared in dvc.yaml (declared: {known})")
 
 
+def readers(pipeline: Pipeline, path: str) -> set[str]:
+    """Stages with a dependency that is, contains or lies inside `path`."""
+    return {s.name for s in pipeline.stages.values() if any(overlaps(d.path, path) for d in s.deps)}
+
+
 def metrics_depending_on(pipeline: Pipeline, path: str) -> dict[str, list[str]]:
     """Metrics files whose chain uses `path` (a file or directory, input or intermediate).
 
     Returns {metrics file: [stages that read `path` directly]}.
     """
-    readers = {
-        s.name for s in pipeline.stages.values() if any(overlaps(d.path, path) for d in s.deps)
-    }
+    readers_ = readers(pipeline, path)
     made_by = set(producers(pipeline, path))
-    if not readers and not made_by:
+    if not readers_ and not made_by:
         raise StageError(path, "no stage in dvc.yaml depends on or produces this path")
-    affected = downstream(pipeline, readers | made_by)
+    affected = downstream(pipeline, readers_ | made_by)
     result = {}
     for s in pipeline.stages.values():
         if s.name in affected:
-            direct = sorted(set(chain(pipeline, s.name)) & (readers | made_by))
+            direct = sorted(set(chain(pipeline, s.name)) & (readers_ | made_by))
             for metric in s.metrics:
                 result[metric] = direct
     return dict(sorted(result.items()))
@@ -230,6 +248,9 @@ def load_pipeline(root: str | Path = ".", *, git: bool = True) -> Pipeline:
     with repo:
         try:
             dvc_stages = [s for s in repo.index.stages if s.cmd is not None]
+            added = sorted(
+                _relpath(repo, o) for s in repo.index.stages if s.cmd is None for o in s.outs
+            )
         except DvcException as exc:
             raise StageError(root / "dvc.yaml", str(exc)) from None
         top_level = set(_top_level_metrics(repo))
@@ -247,7 +268,7 @@ def load_pipeline(root: str | Path = ".", *, git: bool = True) -> Pipeline:
         paths |= {p.file for r in records.values() for p in r.params}
         audited = ["dvc.yaml", "dvc.lock", *sorted(paths)]
         commit, dirty = _git_state(repo, audited) if git else (None, ())
-    return Pipeline(records, commit, dirty)
+    return Pipeline(records, commit, dirty, tuple(added))
 
 
 def _read_lock(path: Path) -> dict[str, Any]:

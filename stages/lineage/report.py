@@ -1,341 +1,134 @@
-"""Lineage audit: which data, code and parameters produced a metric, from dvc.lock and the disk.
+"""The `report` stage: the lineage audit of every metrics file, and the report a researcher opens.
 
-    python -m stages.lineage file reports/motionmnist/stats.json  # chain of one metrics file
-    python -m stages.lineage metric videos_per_split.train         # a metric by (dotted) name
-    python -m stages.lineage data data/motionmnist                 # metrics that depend on a path
-    python -m stages.lineage report                                # the stage: reports/lineage.md
+    python -m stages.lineage.report     # params.yaml's `report` section
 
-Add `--json` for machine-readable output and `--fail-stale` to exit 1 when anything audited has
-changed since dvc.lock was written. Every answer is first built as one JSON-able dict, and the
-markdown is rendered from that dict, so the two forms always agree.
-
-The `report` subcommand is the `lineage` stage at the end of dvc.yaml. It covers every metrics file
-and depends on them (never on dvc.lock, which DVC rewrites after each stage); it refuses to run if
-dvc.yaml forgets one of them among its deps. Its output holds no timestamp and no commit (the commit
-is the one that contains it), so the same lock and files give the same bytes. The module keeps the
-conventions of `run_stage` (one-line `StageError`s, exit status 2) but has subcommands, so it
-parses its own arguments.
+Writes `report.lineage` (every metrics file with its chain, then every stage feeding one, with
+every hash), `report.html` (one self-contained page: per paper the metrics with their change, the
+pictures, the training curves and each number's lineage; see `page.py`) and `report.markdown`
+(its twin). It runs last in dvc.yaml and depends on everything it reads: every metrics file,
+picture, curve and model file of the pipeline (never on dvc.lock, which DVC rewrites after each
+stage); it refuses to run when dvc.yaml forgets one, since the page would then go stale silently.
+Its outputs hold no timestamp and no HEAD commit (see `page.py` for the comparison's baseline),
+so the same lock, files and history give the same bytes.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
-from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stages.common.atomic import atomic_file
+from stages.common.cli import run_stage
 from stages.common.errors import StageError
-from stages.lineage.graph import (
-    Entry,
-    Pipeline,
-    chain,
-    find_metric,
-    load_pipeline,
-    metrics_depending_on,
-    producer_of_metric,
-    producers,
-    read_metrics,
-)
+from stages.lineage import page
+from stages.lineage.audit import all_models, audit_all, render
+from stages.lineage.graph import Pipeline, load_pipeline, overlaps
 
-STAGE = "lineage"
-EXIT_STALE, EXIT_STAGE_ERROR = 1, 2
-
-# --- answers as dicts (pure) -----------------------------------------------------------------
+STAGE = "report"
 
 
-def stage_dict(pipeline: Pipeline, name: str) -> dict[str, Any]:
-    record = pipeline.stages[name]
+@dataclass(frozen=True)
+class Paper:
+    folder: str  # a folder of reports: its metrics, pictures and curves make one section
+    title: str
 
-    def entry(e: Entry, kind: str) -> dict[str, Any]:
-        made_by = [p for p in producers(pipeline, e.path) if p != name] if kind == "dep" else []
-        return {
-            "path": e.path, "md5": e.md5, "size": e.size, "nfiles": e.nfiles,
-            "status": e.status, "from": ", ".join(made_by) or None,
-        }  # fmt: skip
 
-    return {
-        "name": name,
-        "cmd": record.cmd,
-        "changes": record.changes(),
-        "deps": [entry(e, "dep") for e in record.deps],
-        "outs": [entry(e, "out") for e in record.outs],
-        "params": [
-            {"file": p.file, "key": p.key, "value": p.value, "status": p.status}
-            for p in record.params
-        ],
-        "metrics": list(record.metrics),
+@dataclass(frozen=True)
+class Params:
+    lineage: Path  # the full audit, Markdown
+    html: Path  # the page
+    markdown: Path  # its twin
+    papers: list[Paper]
+    history: int  # how many commits back to look for the comparison's baseline
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything the report reads besides the metrics files, each found once."""
+
+    models: dict[str, dict]  # model file -> its record, checked (`models.py`)
+    pictures: list[str]
+    curves: dict[str, tuple[list[str], list[list[float]]]]  # TSV -> header, columns
+
+    def paths(self, pipeline: Pipeline) -> list[str]:
+        return sorted({*pipeline.metrics_files(), *self.pictures, *self.curves, *self.models})
+
+
+def find_inputs(pipeline: Pipeline, root: Path) -> Inputs:
+    curves = {
+        c: curve
+        for c in page.output_files(root, pipeline, page.CURVE)
+        if (curve := page.read_curve(root / c)) is not None
     }
+    pictures = page.output_files(root, pipeline, page.PICTURE)
+    return Inputs(all_models(pipeline, root), pictures, curves)
 
 
-def git_dict(pipeline: Pipeline, paths: Iterable[str]) -> dict[str, Any]:
-    wanted = set(paths) | {"dvc.yaml", "dvc.lock"}
-    return {"commit": pipeline.git_commit, "uncommitted": sorted(set(pipeline.git_dirty) & wanted)}
-
-
-def audit_file(pipeline: Pipeline, path: str, *, git: bool = True) -> dict[str, Any]:
-    """The chain of stages behind one metrics file, raw inputs first."""
-    stage = producer_of_metric(pipeline, path)
-    names = chain(pipeline, stage)
-    stages = [stage_dict(pipeline, n) for n in names]
-    answer: dict[str, Any] = {
-        "metrics_file": path,
-        "stage": stage,
-        "chain": names,
-        "current": not any(s["changes"] for s in stages),
-        "stages": stages,
-    }
-    if git:
-        touched = {e["path"] for s in stages for e in s["deps"] + s["outs"]}
-        touched |= {p["file"] for s in stages for p in s["params"]}
-        answer["git"] = git_dict(pipeline, touched)
-    return answer
-
-
-def audit_metric(pipeline: Pipeline, name: str, values: dict[str, dict[str, Any]]) -> dict:
-    hits = find_metric(values, name)
-    found = [{"value": v, **audit_file(pipeline, path)} for path, v in sorted(hits.items())]
-    return {"metric": name, "current": all(f["current"] for f in found), "found_in": found}
-
-
-def audit_data(pipeline: Pipeline, path: str) -> dict[str, Any]:
-    found = metrics_depending_on(pipeline, path)
-    metrics = [
-        {
-            "metrics_file": metric,
-            "stage": producer_of_metric(pipeline, metric),
-            "via": via,
-            "current": not any(
-                pipeline.stages[n].changes()
-                for n in chain(pipeline, producer_of_metric(pipeline, metric))
-            ),
-        }
-        for metric, via in found.items()
-    ]
-    return {"path": path, "current": all(m["current"] for m in metrics), "metrics": metrics}
-
-
-def audit_all(pipeline: Pipeline) -> dict[str, Any]:
-    """Every metrics file with its chain, and each stage feeding one once, in pipeline order."""
-    files = [audit_file(pipeline, m, git=False) for m in pipeline.metrics_files()]
-    feeding = {n for f in files for n in f["chain"]}
-    order = [n for n in chain_all(pipeline) if n in feeding]
-    return {
-        "metrics": [
-            {k: f[k] for k in ("metrics_file", "stage", "chain", "current")} for f in files
-        ],
-        "current": all(f["current"] for f in files),
-        "stages": [stage_dict(pipeline, n) for n in order],
-    }
-
-
-def chain_all(pipeline: Pipeline) -> list[str]:
-    """All stages in one topological order (ties by name)."""
-    seen: list[str] = []
-    for name in sorted(pipeline.stages):
-        seen += [n for n in chain(pipeline, name) if n not in seen]
-    return seen
-
-
-def missing_report_deps(pipeline: Pipeline, stage: str = STAGE) -> list[str]:
-    """Metrics files the lineage stage does not depend on: its report would go stale silently."""
+def missing_deps(pipeline: Pipeline, inputs: list[str], stage: str = STAGE) -> list[str]:
+    """Inputs the report stage does not depend on: the report would go stale silently."""
     if stage not in pipeline.stages:
         return []
-    deps = {e.path for e in pipeline.stages[stage].deps}
-    return [m for m in pipeline.metrics_files() if m not in deps]
+    deps = [e.path for e in pipeline.stages[stage].deps]
+    own = [e.path for e in pipeline.stages[stage].outs]
+    return [
+        p for p in inputs
+        if not any(overlaps(d, p) for d in deps) and not any(overlaps(o, p) for o in own)
+    ]  # fmt: skip
 
 
-# --- markdown --------------------------------------------------------------------------------
-
-
-def _cell(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _num(value: int | None) -> str:
-    return "" if value is None else str(value)
-
-
-def _verdict(changes: list[str]) -> str:
-    return "current" if not changes else "**STALE** — " + "; ".join(changes)
-
-
-def stage_markdown(s: dict[str, Any]) -> list[str]:
-    lines = [
-        f"### Stage `{s['name']}`",
-        "",
-        f"- command: `{s['cmd']}`",
-        f"- status: {_verdict(s['changes'])}",
-        "",
-        "| | path | md5 (dvc.lock) | size | files | from stage | on disk |",
-        "|---|---|---|--:|--:|---|---|",
-    ]
-    for kind in ("deps", "outs"):
-        for e in s[kind]:
-            source = e["from"] or ("input" if kind == "deps" else "")
-            metric = " (metric)" if e["path"] in s["metrics"] else ""
-            lines.append(
-                f"| {kind[:-1]} | {_cell(e['path'])}{metric} | {e['md5'] or ''} | "
-                f"{_num(e['size'])} | {_num(e['nfiles'])} | {source} | {e['status']} |"
-            )
-    if s["params"]:
-        lines += ["", "| params file | key | value | now |", "|---|---|---|---|"]
-        lines += [
-            f"| {p['file']} | {_cell(p['key'])} | {_cell(p['value'])} | {p['status']} |"
-            for p in s["params"]
-        ]
-    return [*lines, ""]
-
-
-def _git_lines(git: dict[str, Any]) -> list[str]:
-    commit = git["commit"] or "none (no commit yet)"
-    lines = [f"- Git commit: `{commit}`"]
-    if git["uncommitted"]:
-        lines.append(f"- uncommitted changes in: {', '.join(git['uncommitted'])}")
-    return lines
-
-
-def file_markdown(a: dict[str, Any], heading: str = "#") -> list[str]:
-    overall = (
-        "current" if a["current"] else "**STALE**: something changed since dvc.lock was written"
-    )
-    lines = [f"{heading} Lineage of `{a['metrics_file']}`", ""]
-    if "value" in a:
-        lines.append(f"- value: `{_cell(a['value'])}`")
-    lines += [
-        f"- produced by stage `{a['stage']}`",
-        f"- chain (inputs first): {' → '.join(f'`{n}`' for n in a['chain'])}",
-        f"- status: {overall}",
-    ]
-    lines += _git_lines(a["git"]) if "git" in a else []
-    lines.append("")
-    for s in a["stages"]:
-        lines += stage_markdown(s)
-    return lines
-
-
-def to_markdown(answer: dict[str, Any]) -> str:
-    if "found_in" in answer:
-        lines = [f"# Metric `{answer['metric']}`", ""]
-        for hit in answer["found_in"]:
-            lines += file_markdown(hit, "##")
-    elif "path" in answer:
-        lines = [f"# Metrics that depend on `{answer['path']}`", ""]
-        lines += ["| metrics file | stage | reads it directly | status |", "|---|---|---|---|"]
-        lines += [
-            f"| {m['metrics_file']} | {m['stage']} | {', '.join(m['via'])} | "
-            f"{'current' if m['current'] else '**STALE**'} |"
-            for m in answer["metrics"]
-        ]
-        lines.append("")
-    elif "metrics_file" in answer:
-        lines = file_markdown(answer)
-    else:
-        lines = report_markdown(answer)
-    return "\n".join(lines)
-
-
-def report_markdown(report: dict[str, Any]) -> list[str]:
-    status = (
-        "every stage below is current: its inputs, parameters and outputs match dvc.lock"
-        if report["current"]
-        else "**STALE**: some inputs changed since dvc.lock was written (see the stages below)"
-    )
-    lines = [
-        "# Lineage of every metric",
-        "",
-        "Written by the `lineage` stage (`python -m stages.lineage report`) from dvc.lock, with",
-        "every hash checked against the files on disk; the Git commit is the one that contains",
-        f"this file. Status: {status}.",
-        "",
-        "| metrics file | stage | chain (inputs first) | status |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {m['metrics_file']} | {m['stage']} | {' → '.join(m['chain'])} | "
-        f"{'current' if m['current'] else '**STALE**'} |"
-        for m in report["metrics"]
-    ]
-    lines += ["", "## Stages", ""]
-    for s in report["stages"]:
-        lines += stage_markdown(s)
-    return lines
-
-
-def render(answer: dict[str, Any], as_json: bool) -> str:
-    if as_json:
-        return json.dumps(answer, indent=2, sort_keys=True) + "\n"
-    return to_markdown(answer).rstrip("\n") + "\n"
-
-
-# --- command line ----------------------------------------------------------------------------
-
-
-def write_report(root: Path, out: Path) -> dict[str, Any]:
-    """The `lineage` stage: reports/lineage.md covering every metrics file."""
+def build_report(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     pipeline = load_pipeline(root, git=False)
-    missing = missing_report_deps(pipeline)
+    inputs = find_inputs(pipeline, root)
+    missing = missing_deps(pipeline, inputs.paths(pipeline))
     if missing:
         raise StageError(
             root / "dvc.yaml",
-            f"stage '{STAGE}' must list every metrics file among its deps; missing: "
+            f"stage '{STAGE}' must list every file it reports among its deps; missing: "
             + ", ".join(missing),
         )
-    report = audit_all(pipeline)
-    with atomic_file(root / out, "w") as handle:
-        handle.write(render(report, as_json=False))
-    return report
+    audit = audit_all(pipeline, inputs.models)
+    files = [f for f in pipeline.metrics_files() if (root / f).is_file()]
+    values = {f: _read_json(root / f) for f in files}
+    baseline = page.find_baseline(root, files, values, params.history)
+    pictures = {p: (root / p).read_bytes() for p in inputs.pictures}
+    papers = {p.folder.rstrip("/"): p.title for p in params.papers}
+    report = page.build(audit, values, baseline, pictures, inputs.curves, papers)
+    outputs = {
+        params.lineage: render(audit, as_json=False),
+        params.html: page.to_html(report),
+        params.markdown: page.to_markdown(report, params.markdown.as_posix()),
+    }
+    for path, text in outputs.items():
+        with atomic_file(root / path, "w") as handle:
+            handle.write(text)
+    return {"audit": audit, "page": report}
 
 
-def run_command(args: argparse.Namespace) -> dict[str, Any]:
-    if args.command == "report":
-        return write_report(args.root, args.out)
-    pipeline = load_pipeline(args.root)
-    if args.command == "file":
-        return audit_file(pipeline, Path(args.target).as_posix())
-    if args.command == "metric":
-        values = read_metrics(args.root, pipeline.metrics_files())
-        return audit_metric(pipeline, args.target, values)
-    return audit_data(pipeline, Path(args.target).as_posix().rstrip("/"))
-
-
-def parser() -> argparse.ArgumentParser:
-    cli = argparse.ArgumentParser(
-        prog="python -m stages.lineage", description=__doc__.split("\n")[0]
-    )
-    cli.add_argument("--root", type=Path, default=Path("."), help="DVC repository root (.)")
-    cli.add_argument("--traceback", action="store_true", help="show tracebacks of errors")
-    sub = cli.add_subparsers(dest="command", required=True)
-    for name, target, text in (
-        ("file", "metrics_file", "the chain behind a metrics file"),
-        ("metric", "name", "the chain behind a metric: dotted key, or FILE:KEY"),
-        ("data", "path", "the metrics that depend on a data (or code) path"),
-    ):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("target", metavar=target)
-        cmd.add_argument("--json", action="store_true", help="JSON instead of markdown")
-        cmd.add_argument("--fail-stale", action="store_true", help="exit 1 if anything is stale")
-    report = sub.add_parser("report", help="write the lineage report of every metric (the stage)")
-    report.add_argument("--out", type=Path, required=True, help="report path (lineage.report)")
-    return cli
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        result = run_command(args)
-    except StageError as exc:
-        if args.traceback or os.environ.get("STAGES_TRACEBACK") == "1":
-            raise
-        print(f"{STAGE}: error: {exc}", file=sys.stderr)
-        return EXIT_STAGE_ERROR
-    if args.command == "report":
-        state = "current" if result["current"] else "STALE"
-        print(f"{STAGE}: {len(result['metrics'])} metrics files ({state}) -> {args.out}")
-        return 0
-    sys.stdout.write(render(result, args.json))
-    return EXIT_STALE if args.fail_stale and not result["current"] else 0
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StageError(path, f"metrics file does not parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise StageError(path, "a metrics file must hold a JSON object")
+    return data
+
+
+def main(params: Params) -> dict[str, Any]:
+    """Write the lineage audit, the HTML report and its Markdown twin."""
+    built = build_report(params)
+    state = "current" if built["audit"]["current"] else "STALE"
+    sections = built["page"]["sections"]
+    print(
+        f"{STAGE}: {len(built['audit']['metrics'])} metrics files ({state}), "
+        f"{sum(len(s['rows']) for s in sections)} metrics in {len(sections)} sections, "
+        f"{len(built['page']['pictures'])} pictures, {len(built['page']['curves'])} curves "
+        f"-> {params.html}, {params.markdown}, {params.lineage}"
+    )
+    return {}
+
+
+if __name__ == "__main__":
+    run_stage(STAGE, Params, main)

@@ -146,6 +146,14 @@ def train(params: Params) -> dict[str, Any]:
     model = MCN(config)
     model.set_input_statistics(torch.from_numpy(clips.video), torch.from_numpy(clips.words))
     model.to(device)
+    on_gpu = device.type == "cuda"
+    if on_gpu:  # bf16 autocast; cuDNN's bf16 kernels want NHWC; TF32 for the fp32 k-means
+        model.davenet.to(memory_format=torch.channels_last)
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device.type, torch.bfloat16, enabled=on_gpu)
+
     name = run_name(params.order, params.seed)
     live = training.open_live(params.live / name, None)
     inputs = [params.features.video, params.features.audio, params.features.text]
@@ -160,7 +168,7 @@ def train(params: Params) -> dict[str, Any]:
                 module.train(m in trained)
                 module.requires_grad_(m in trained)
         parameters = [p for m in trained for mod in model.branch(m) for p in mod.parameters()]
-        optimiser = torch.optim.Adam(parameters, params.lr)
+        optimiser = torch.optim.Adam(parameters, params.lr, fused=True if on_gpu else None)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimiser, lambda s, total=steps: lr_factor(s, params.warmup_steps, total)
         )
@@ -172,32 +180,38 @@ def train(params: Params) -> dict[str, Any]:
             batch = clips.take(rows)
             inputs = to_batch(batch, params.audio_crop, device)
             embedded = {}
-            for m in active:
-                if m in frozen:
-                    with torch.no_grad():
+            with autocast():
+                for m in active:
+                    if m in frozen:
+                        with torch.no_grad():
+                            embedded[m] = model.embed(m, inputs)
+                    else:
                         embedded[m] = model.embed(m, inputs)
-                else:
-                    embedded[m] = model.embed(m, inputs)
-            embeddings = {m: e for m, (e, _) in embedded.items()}
-            loss_pairs = contrastive(
-                embeddings, params.margin, same_video_mask(batch.videos, device)
-            )
-            recon = torch.stack([
-                F.mse_loss(model.reconstruct[m](embeddings[m]), embedded[m][1]) for m in trained
-            ]).mean()  # fmt: skip
-            fused = torch.stack(list(embeddings.values())).mean(0).detach()
-            queue = [*queue, fused][-params.queue_batches :]
+                embeddings = {m: e for m, (e, _) in embedded.items()}
+                loss_pairs = contrastive(
+                    embeddings, params.margin, same_video_mask(batch.videos, device)
+                )
+                recon = torch.stack([
+                    F.mse_loss(model.reconstruct[m](embeddings[m]), embedded[m][1])
+                    for m in trained
+                ]).mean()  # fmt: skip
+                fused = torch.stack(list(embeddings.values())).mean(0).detach()
+            # the queue and k-means stay fp32: a bf16 running sum would blur the centroids
+            queue = [*queue, fused.float()][-params.queue_batches :]
             if step % params.refit_every == 0 and len(queue) == params.queue_batches:
                 queued = torch.cat(queue)
                 if centroids is None:  # seeded first centroids: distinct queued embeddings
                     pick = rng(params.seed, "mcn-kmeans", index).permutation(len(queued))
                     centroids = queued[torch.from_numpy(pick[: params.clusters]).to(device)]
                 centroids = spherical_kmeans(queued, centroids, params.kmeans_iterations)
-            loss_cluster = (
-                cluster_loss({m: embeddings[m] for m in trained}, fused, centroids, params.margin)
-                if centroids is not None
-                else loss_pairs.new_zeros(())
-            )
+            with autocast():
+                loss_cluster = (
+                    cluster_loss(
+                        {m: embeddings[m] for m in trained}, fused, centroids, params.margin
+                    )
+                    if centroids is not None
+                    else loss_pairs.new_zeros(())
+                )
             loss = (
                 loss_pairs
                 + params.cluster_weight * loss_cluster
