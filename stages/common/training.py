@@ -237,7 +237,8 @@ def open_live(directory: str | Path, resume_step: int | None) -> Any:
     """DVCLive in `directory`, no dvc.yaml or experiment of its own (dvc.yaml declares it).
 
     Fresh (`resume_step` None): the directory is cleared. Resuming: rows logged after the resume
-    point by the interrupted run are dropped first, so the curves hold each step once.
+    point by the interrupted run are dropped first (the resume point's own row is kept: the loops
+    log it before checkpointing and never again), so the curves hold each step once.
     """
     from dvclive import Live
 
@@ -255,7 +256,8 @@ def open_live(directory: str | Path, resume_step: int | None) -> Any:
         for tsv in (directory / "plots" / "metrics").rglob("*.tsv"):
             lines = tsv.read_text().splitlines(keepends=True)
             step = lines[0].rstrip("\n").split("\t").index("step")
-            kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[step]) < resume_step]
+            # the loops resume at the step after `resume_step`, so its own row stays
+            kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[step]) <= resume_step]
             with atomic_file(tsv, "w") as handle:
                 handle.writelines(kept)
     live = StageLive(
