@@ -176,10 +176,38 @@ def train_params(tmp_path, features, **changes) -> mt.Params:
     base = load_section(mt.Params, "mcn_train", "params.yaml")
     small = mt.ModelParams(embed_dim=8, davenet_widths=(2, 2, 4, 4), reconstruction_hidden=6)
     tiny = dict(features=features, audio_window=WINDOW, audio_crop=WINDOW,
-                models=tmp_path / "models", live=tmp_path / "live", device="cpu",
+                models=tmp_path / "models", checkpoints=tmp_path / "ck",
+                live=tmp_path / "live", device="cpu", checkpoint_every=3,
                 model_config=small, batch=8, first_steps=6, second_steps=4, warmup_steps=2,
                 clusters=4, queue_batches=2, refit_every=2, log_every=2, seed=0)  # fmt: skip
     return replace(base, **tiny | changes)
+
+
+@pytest.mark.parametrize("stop", [4, 6])  # inside the second phase; at the phase boundary
+def test_an_interrupted_run_resumes_to_the_bytes_of_an_unbroken_one(
+    tmp_path, features, stop, monkeypatch
+):
+    whole = train_params(tmp_path / "a", features, order="AT-V", checkpoint_every=2)
+    mt.train(whole)
+    half = train_params(tmp_path / "b", features, order="AT-V", checkpoint_every=2)
+    real, calls = mt.contrastive, []
+
+    def power_cut_after_step_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > stop + 1:  # step stop + 2 fails: the last resume state is at `stop`
+            raise RuntimeError("power cut")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mt, "contrastive", power_cut_after_step_stop)
+    with pytest.raises(RuntimeError, match="power cut"):
+        mt.train(half)
+    monkeypatch.undo()
+    assert mt.train(half)["resumed_at"] == stop
+    name = mt.run_name("AT-V", 0)
+    assert (half.models / f"{name}.pt").read_bytes() == (whole.models / f"{name}.pt").read_bytes()
+    curve = "plots/metrics/train/contrastive.tsv"
+    assert (half.live / name / curve).read_text() == (whole.live / name / curve).read_text()
+    assert mt.train(half)["resumed_at"] == 10  # finished: a rerun trains nothing
 
 
 def branch_state(path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:

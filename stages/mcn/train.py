@@ -17,7 +17,9 @@ branches run in eval mode without gradients: the second phase changes none of th
 or statistics (tested).
 
 Outputs: `models/mcn/<order>-seed<seed>.pt` (weights, config, order, input hashes, code digest);
-DVCLive curves per run.
+DVCLive curves per run; resume state every `checkpoint_every` steps (`checkpoints/mcn/<run>.pt`:
+the model, the current phase's optimiser, schedule, k-means queue and centroids), so an
+interrupted run continues where it stopped, to the same bytes on the CPU.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Params:
     audio_window: int  # log-mel frames per clip window (the windows-<W> table)
     audio_crop: int  # frames of each window DaveNet sees (the clips' longest span; cost ~ it)
     models: Path  # folder of the model files, one per (order, seed)
+    checkpoints: Path  # folder of the resume states, one per (order, seed)
     live: Path  # folder of the DVCLive directories, one per (order, seed)
     device: str
     threads: int
@@ -80,6 +83,7 @@ class Params:
     cluster_weight: float
     reconstruction_weight: float
     log_every: int
+    checkpoint_every: int  # steps between resume states (counted over both phases)
 
 
 def run_name(order: str, seed: int) -> str:
@@ -99,7 +103,7 @@ def check(params: Params, rows: int) -> None:
     if params.order not in ORDERS:
         raise StageError(f"params.yaml: {STAGE}.order", f"one of {', '.join(ORDERS)}")
     for key in ("batch", "first_steps", "second_steps", "clusters", "queue_batches",
-                "refit_every", "kmeans_iterations", "log_every"):  # fmt: skip
+                "refit_every", "kmeans_iterations", "log_every", "checkpoint_every"):  # fmt: skip
         if getattr(params, key) < 1:
             raise StageError(f"params.yaml: {STAGE}.{key}", "must be at least 1")
     if params.batch > rows:
@@ -155,13 +159,23 @@ def train(params: Params) -> dict[str, Any]:
         return torch.autocast(device.type, torch.bfloat16, enabled=on_gpu)
 
     name = run_name(params.order, params.seed)
-    live = training.open_live(params.live / name, None)
     inputs = [params.features.video, params.features.audio, params.features.text]
     source = training.provenance(params, MODULE, inputs)
+    plan = phases(params.order, params.first_steps, params.second_steps)
+    total = sum(steps for _, _, steps in plan)
+    checkpoint = params.checkpoints / f"{name}.pt"
+    resume = training.load_resume(checkpoint, source.fingerprint)
+    start = resume["step"] if resume is not None and resume["step"] <= total else 0
+    if start:
+        training.load_state(checkpoint, model, resume["model"])
+    live = training.open_live(params.live / name, start or None)
 
     started, global_step = time.perf_counter(), 0
-    plan = phases(params.order, params.first_steps, params.second_steps)
     for index, (trained, frozen, steps) in enumerate(plan):
+        offset = global_step
+        if offset + steps <= start:  # a phase the interrupted run finished
+            global_step += steps
+            continue
         active = frozen + trained
         for m in MODALITIES:
             for module in model.branch(m):
@@ -174,7 +188,16 @@ def train(params: Params) -> dict[str, Any]:
         )
         queue: list[torch.Tensor] = []
         centroids: torch.Tensor | None = None
-        for step in progress(range(steps), desc=f"{STAGE} {name} phase {index + 1}", unit="step"):
+        first = max(0, start - offset)
+        if first:  # resuming inside this phase: its optimiser, schedule, queue and centroids
+            optimiser.load_state_dict(resume["optimiser"])
+            schedule.load_state_dict(resume["schedule"])
+            queue = [q.to(device) for q in resume["queue"]]
+            centroids = resume["centroids"].to(device) if resume["centroids"].numel() else None
+        for step in progress(
+            range(first, steps), desc=f"{STAGE} {name} phase {index + 1}", unit="step",
+            total=steps - first,
+        ):  # fmt: skip
             rows = training.batch_indices(params.seed, f"mcn-{params.order}-{index}", step,
                                           len(clips), params.batch)  # fmt: skip
             batch = clips.take(rows)
@@ -221,7 +244,20 @@ def train(params: Params) -> dict[str, Any]:
             loss.backward()
             optimiser.step()
             schedule.step()
-            global_step += 1
+            global_step = offset + step + 1
+            if global_step % params.checkpoint_every == 0 or global_step == total:
+                training.save_resume(
+                    checkpoint,
+                    {
+                        "fingerprint": source.fingerprint,
+                        "step": global_step,
+                        "model": model.state_dict(),
+                        "optimiser": optimiser.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "queue": [q.cpu() for q in queue],
+                        "centroids": torch.empty(0) if centroids is None else centroids.cpu(),
+                    },
+                )
             if global_step % params.log_every == 0:
                 live.step = global_step
                 live.log_metric("train/contrastive", loss_pairs.item())
@@ -240,8 +276,8 @@ def train(params: Params) -> dict[str, Any]:
     )
     training.save_model(params.models / f"{name}.pt", record)
     live.end()
-    return {"run": name, "train_seconds": round(seconds, 2),
-            "clips_per_s": round(global_step * params.batch / max(seconds, 1e-9), 1),
+    return {"run": name, "train_seconds": round(seconds, 2), "resumed_at": start,
+            "clips_per_s": round((total - start) * params.batch / max(seconds, 1e-9), 1),
             **device_info}  # fmt: skip
 
 
