@@ -31,8 +31,9 @@ define need
 endef
 
 # Activated, so that the `python` and `dvc` that tests start as subprocesses are the venv's too.
+# Chromium is wanted, not needed: where apt-get cannot install it the browser tests say so and skip.
 test: $(STAMP)
-	$(call need,chromium)
+	-$(call need,chromium)
 	. $(VENV)/bin/activate && ruff check . && python -m pytest
 
 lint: $(STAMP)
