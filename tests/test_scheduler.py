@@ -83,7 +83,9 @@ def test_the_api_secret_is_random_owner_only_kept_or_the_users(
     monkeypatch.delenv(scheduler.AUTH_ENV, raising=False)
     configs = []
     for name in ("a", "b"):
-        text = CONFIG.format(port=4200, home=tmp_path / name, workspace=tmp_path)
+        text = CONFIG.format(
+            port=4200, home=tmp_path / name, workspace=tmp_path, retrained=tmp_path
+        )
         configs.append(scheduler.load_config(write(tmp_path / f"{name}.yaml", text)))
         configs[-1].home.mkdir()
     first = scheduler.auth_string(configs[0])
@@ -242,7 +244,11 @@ def test_served_reproduce_runs_on_schedule_and_stops_cleanly(tmp_path: Path) -> 
         retrain_key = f"retrain-{slug(retrained)}"
         while time.monotonic() < deadline and not (reproduced and flagged and hostile_end):
             time.sleep(3)
-            runs = api(port, "flow_runs/filter", {}, auth)
+            # not the scheduled ones: the scheduler books ~100 ahead per deployment, beyond the
+            # API's default page of 200, which would then hide the runs that happened
+            runs = api(port, "flow_runs/filter", {"flow_runs": {"state": {"type": {
+                "any_": ["COMPLETED", "CRASHED", "FAILED", "RUNNING", "PENDING", "CANCELLED"]
+            }}}}, auth)  # fmt: skip
             hostile_end = [
                 r["state_type"] for r in runs if r["id"] == hostile_run and r["end_time"]
             ]
@@ -305,7 +311,9 @@ def test_start_on_a_taken_port_fails_fast_with_prefects_reason(tmp_path: Path) -
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        config = write(tmp_path / "s.yaml", CONFIG.format(port=port, home=home, workspace=ROOT))
+        config = write(
+            tmp_path / "s.yaml", CONFIG.format(port=port, home=home, workspace=ROOT, retrained=ROOT)
+        )
         args = [sys.executable, "-m", "flows.scheduler", "start", "--config", str(config)]
         started = time.monotonic()
         done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
