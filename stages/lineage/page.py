@@ -2,7 +2,8 @@
 
 Per paper (a folder of `reports/`, titled in params), the page shows every metric of every metrics
 file with its change since the metrics last changed in Git (computed by DVC's own `metrics diff`
-code), the pictures the stages made (embedded, so the page needs no server and no other file), the
+code), the pictures the stages made (embedded as previews at most 520 px wide, so the page needs
+no server and no other file; each links to its full-size file beside the page), the
 training curves (DVCLive's TSVs drawn as inline SVG), and, behind each number, its lineage tree
 down to the source (`links.py`). The only script on the page opens the tree a link points to.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import html
+import io
 import json
 import re
 import subprocess
@@ -29,6 +31,7 @@ from stages.lineage.graph import Pipeline, overlaps
 from stages.lineage.links import tree_markdown
 
 PICTURE, CURVE = ".png", ".tsv"
+PREVIEW_WIDTH = 520  # px: the widest a picture is shown; the full one is a link away
 CURVE_FIRST_COLUMN = "step"  # DVCLive's TSVs, and any other per-step curve a stage writes
 
 
@@ -67,6 +70,28 @@ def read_curve(path: Path) -> tuple[list[str], list[list[float]]] | None:
     if not rows or any(len(r) != len(header) for r in rows):
         return None
     return header, [list(c) for c in zip(*rows, strict=True)]
+
+
+def preview_png(data: bytes) -> bytes:
+    """The picture as the page embeds it: at most PREVIEW_WIDTH wide and, where smaller, in 256
+    colours; the smallest of those encodings (PIL's, deterministic), so the page stays small
+    enough for Git while showing what the figure shows."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    if image.width > PREVIEW_WIDTH:
+        height = round(image.height * PREVIEW_WIDTH / image.width)
+        image = image.resize((PREVIEW_WIDTH, height), Image.Resampling.LANCZOS)
+    encodings = [data, _png(image)]
+    if image.mode in ("RGB", "RGBA"):
+        encodings.append(_png(image.convert("RGB").quantize(256)))
+    return min(encodings, key=len)
+
+
+def _png(image: Any) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 # --- the baseline: the newest commit whose metrics differ -------------------------------------
@@ -333,8 +358,10 @@ def curve_svg(name: str, header: list[str], columns: list[list[float]]) -> str:
     )
 
 
-def to_html(page: Mapping[str, Any]) -> str:
+def to_html(page: Mapping[str, Any], relative_to: str) -> str:
+    """The page; `relative_to` is its own path, for the links to the full-size pictures."""
     esc = html.escape
+    up = Path(relative_to).parent
     body = [
         "<h1>Pipeline report</h1>",
         f"<p>Written by the <code>report</code> stage. Status: "
@@ -359,9 +386,10 @@ def to_html(page: Mapping[str, Any]) -> str:
             )
         body.append("</table>")
         for picture in s["pictures"]:
-            data = base64.b64encode(page["pictures"][picture]).decode()
+            data = base64.b64encode(preview_png(page["pictures"][picture])).decode()
             body.append(
-                f'<figure><img alt="{esc(picture)}" src="data:image/png;base64,{data}">'
+                f'<figure><a href="{esc(_relative(picture, up))}"><img alt="{esc(picture)}" '
+                f'src="data:image/png;base64,{data}"></a>'
                 f"<figcaption>{esc(picture)}</figcaption></figure>"
             )
         if s["curves"]:

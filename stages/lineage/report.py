@@ -97,7 +97,7 @@ def build_report(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     report = page.build(audit, values, baseline, pictures, inputs.curves, papers)
     outputs = {
         params.lineage: render(audit, as_json=False),
-        params.html: page.to_html(report),
+        params.html: page.to_html(report, params.html.as_posix()),
         params.markdown: page.to_markdown(report, params.markdown.as_posix()),
     }
     for path, text in outputs.items():
