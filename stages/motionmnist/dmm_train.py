@@ -28,7 +28,7 @@ from stages.common.errors import StageError
 from stages.common.images import save_grid
 from stages.common.progress import progress
 from stages.motionmnist.dmm import DMM, Config
-from stages.motionmnist.mdbigan import shrink
+from stages.motionmnist.mdbigan import resident_train_videos
 
 STAGE = "dmm_train"
 MODULE = "stages.motionmnist.dmm_train"  # its import closure is the code digest
@@ -97,13 +97,8 @@ def prediction_tiles(model: DMM, videos: torch.Tensor) -> np.ndarray:
 def train(params: Params) -> dict[str, Any]:
     check(params)
     device, device_info = training.prepare_torch(params.seed, params.device, params.threads, STAGE)
-    rows = training.load_split(params.data, "train", ["frames"])
-    videos = shrink(torch.from_numpy(rows["frames"]), params.downsample).to(device)  # resident
+    videos = resident_train_videos(params.data, params.downsample, params.batch, STAGE, device)
     count, frames, size, _ = videos.shape
-    if params.batch > count:
-        raise StageError(
-            f"params.yaml: {STAGE}.batch", f"{params.batch} videos, but the train split has {count}"
-        )
     if frames <= CONTEXT:
         raise StageError(params.data, f"videos of {frames} frames; prediction needs > {CONTEXT}")
     config = Config(size=size, **dataclasses.asdict(params.model_config))

@@ -12,10 +12,15 @@ Shapes: videos are (batch, T, 1, H, W) in [-1, 1]; motion codes (batch, T, dim_z
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from stages.common import training
+from stages.common.errors import StageError
 
 
 @dataclass(frozen=True)
@@ -284,6 +289,20 @@ def shrink(frames: torch.Tensor, factor: int) -> torch.Tensor:
     n, t, h, w = frames.shape
     pooled = F.avg_pool2d(frames.view(n * t, 1, h, w).float(), factor)
     return pooled.round_().to(torch.uint8).view(n, t, h // factor, w // factor)
+
+
+def resident_train_videos(
+    data: Path, downsample: int, batch: int, key: str, device: Any
+) -> torch.Tensor:
+    """The train split's frames, shrunk, on `device` (small enough to stay there, so the GPU
+    never waits on a loader); refuses a `batch` larger than the split, naming `key`."""
+    rows = training.load_split(data, "train", ["frames"])
+    videos = shrink(torch.from_numpy(rows["frames"]), downsample).to(device)
+    if batch > len(videos):
+        raise StageError(
+            f"params.yaml: {key}.batch", f"{batch} videos, but the train split has {len(videos)}"
+        )
+    return videos
 
 
 def to_video(frames: torch.Tensor) -> torch.Tensor:

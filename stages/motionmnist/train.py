@@ -38,7 +38,13 @@ from stages.common.cli import run_stage
 from stages.common.errors import StageError
 from stages.common.images import save_grid
 from stages.common.progress import progress
-from stages.motionmnist.mdbigan import Config, MDBiGAN, init_weights, shrink, to_video
+from stages.motionmnist.mdbigan import (
+    Config,
+    MDBiGAN,
+    init_weights,
+    resident_train_videos,
+    to_video,
+)
 
 log = logging.getLogger(__name__)
 STAGE = "mdbigan_train"
@@ -213,13 +219,8 @@ def encoder_weights(model: MDBiGAN) -> dict[str, torch.Tensor]:
 def train(params: Params) -> dict[str, Any]:
     check(params)
     device, device_info = training.prepare_torch(params.seed, params.device, params.threads, STAGE)
-    rows = training.load_split(params.data, "train", ["frames"])
-    videos = shrink(torch.from_numpy(rows["frames"]), params.downsample).to(device)  # resident
+    videos = resident_train_videos(params.data, params.downsample, params.batch, STAGE, device)
     count, frames, size, _ = videos.shape
-    if params.batch > count:
-        raise StageError(
-            f"params.yaml: {STAGE}.batch", f"{params.batch} videos, but the train split has {count}"
-        )
 
     config = Config(frames=frames, size=size, **dataclasses.asdict(params.model_config))
     model = MDBiGAN(config)
