@@ -47,6 +47,25 @@ def test_read_curve_takes_step_tables_only(tmp_path: Path) -> None:
         assert page.read_curve(path) is None
 
 
+def test_comparison_tables_are_read_and_shown_in_both_pages(tmp_path: Path) -> None:
+    table = tmp_path / "t.tsv"
+    table.write_text("measure\tA\tB\tgoal\nnmi\t0.900\t–\t>= 0.9\n")
+    assert page.read_table(table) == (
+        ["measure", "A", "B", "goal"],
+        [["nmi", "0.900", "–", ">= 0.9"]],
+    )
+    for text in ("step\tloss\n0\t1\n", "measure\tA\nnmi\t1\t2\n"):  # a curve; a ragged row
+        table.write_text(text)
+        assert page.read_table(table) is None
+    audit = {"current": True, "metrics": []}
+    tables = {"r/p/t.tsv": (["measure", "A <b>"], [["nmi", "0.900"]])}
+    built = page.build(audit, {}, page.Baseline(None, {}), {}, {}, tables, {"r/p": "Paper"})
+    assert [s["tables"] for s in built["sections"]] == [["r/p/t.tsv"]]
+    assert "| measure | A <b> |\n|---|--:|\n| nmi | 0.900 |" in page.to_markdown(built, "r/i.md")
+    html = page.to_html(built, "r/i.html")
+    assert "<th>A &lt;b&gt;</th>" in html and '<td>nmi</td><td class="n">0.900</td>' in html
+
+
 def test_metrics_diff_is_dvcs_with_unchanged_keys() -> None:
     old = {"r.json": {"a": 1, "b": {"c": 2.5}}}
     new = {"r.json": {"a": 3, "b": {"c": 2.5}, "d": "x"}}

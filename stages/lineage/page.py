@@ -33,6 +33,7 @@ from stages.lineage.links import tree_markdown
 PICTURE, CURVE = ".png", ".tsv"
 PREVIEW_WIDTH = 520  # px: the widest a picture is shown; the full one is a link away
 CURVE_FIRST_COLUMN = "step"  # DVCLive's TSVs, and any other per-step curve a stage writes
+TABLE_FIRST_COLUMN = "measure"  # a comparison table a stage writes: one measure per row, text cells
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,18 @@ def read_curve(path: Path) -> tuple[list[str], list[list[float]]] | None:
     if not rows or any(len(r) != len(header) for r in rows):
         return None
     return header, [list(c) for c in zip(*rows, strict=True)]
+
+
+def read_table(path: Path) -> tuple[list[str], list[list[str]]] | None:
+    """A comparison table (header starting with `measure`), as rows of text; None for any other
+    TSV."""
+    lines = path.read_text().splitlines()
+    if not lines or lines[0].split("\t")[0] != TABLE_FIRST_COLUMN:
+        return None
+    header, rows = lines[0].split("\t"), [line.split("\t") for line in lines[1:] if line]
+    if any(len(r) != len(header) for r in rows):
+        return None
+    return header, rows
 
 
 def preview_png(data: bytes) -> bytes:
@@ -190,6 +203,7 @@ def build(
     baseline: Baseline,
     pictures: Mapping[str, bytes],
     curves: Mapping[str, tuple[list[str], list[list[float]]]],
+    tables: Mapping[str, tuple[list[str], list[list[str]]]],
     papers: Mapping[str, str],
 ) -> dict[str, Any]:
     """Everything the page shows, grouped by paper, in a stable order."""
@@ -211,11 +225,12 @@ def build(
             "rows": rows,
             "pictures": [p for p in sorted(pictures) if paper_of(p, papers) == folder],
             "curves": [c for c in sorted(curves) if paper_of(c, papers) == folder],
+            "tables": [t for t in sorted(tables) if paper_of(t, papers) == folder],
             "lineage": [
                 {"file": f, "anchor": f"lineage-{slug(f)}", **trees[f]} for f in files if f in trees
             ],
         }
-        if rows or section["pictures"] or section["curves"]:
+        if rows or section["pictures"] or section["curves"] or section["tables"]:
             sections.append(section)
     return {
         "current": audit["current"],
@@ -223,6 +238,7 @@ def build(
         "sections": sections,
         "pictures": dict(pictures),
         "curves": dict(curves),
+        "tables": dict(tables),
     }
 
 
@@ -262,6 +278,11 @@ def to_markdown(page: Mapping[str, Any], relative_to: str) -> str:
             for r in s["rows"]
         ]
         lines.append("")
+        for name in s["tables"]:
+            header, rows = page["tables"][name]
+            lines += [f"`{name}`:", "", "| " + " | ".join(header) + " |"]
+            lines.append("|---" + "|--:" * (len(header) - 1) + "|")
+            lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
         for picture in s["pictures"]:
             lines += [f"![{picture}]({_relative(picture, up)})", ""]
         if s["curves"]:
@@ -385,6 +406,16 @@ def to_html(page: Mapping[str, Any], relative_to: str) -> str:
                 f'<td class="n">{esc(old)}</td><td class="n">{esc(change(r))}</td></tr>'
             )
         body.append("</table>")
+        for name in s["tables"]:
+            header, rows = page["tables"][name]
+            body.append(f"<h3>{esc(name)}</h3><table><tr>")
+            body += [f"<th>{esc(h)}</th>" for h in header]
+            for row in rows:
+                cells = [f"<td>{esc(row[0])}</td>"] + [
+                    f'<td class="n">{esc(c)}</td>' for c in row[1:]
+                ]
+                body.append("</tr><tr>" + "".join(cells))
+            body.append("</tr></table>")
         for picture in s["pictures"]:
             data = base64.b64encode(preview_png(page["pictures"][picture])).decode()
             body.append(

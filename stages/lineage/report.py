@@ -4,10 +4,11 @@
 
 Writes `report.lineage` (every metrics file with its chain, then every stage feeding one, with
 every hash), `report.html` (one self-contained page: per paper the metrics with their change, the
-pictures, the training curves and each number's lineage; see `page.py`) and `report.markdown`
-(its twin). It runs last in dvc.yaml and depends on everything it reads: every metrics file,
-picture, curve and model file of the pipeline (never on dvc.lock, which DVC rewrites after each
-stage); it refuses to run when dvc.yaml forgets one, since the page would then go stale silently.
+comparison tables (TSVs whose first column is `measure`), the pictures, the training curves and
+each number's lineage; see `page.py`) and `report.markdown` (its twin). It runs last in dvc.yaml
+and depends on everything it reads: every metrics file, table, picture, curve and model file of
+the pipeline (never on dvc.lock, which DVC rewrites after each stage); it refuses to run when
+dvc.yaml forgets one, since the page would then go stale silently.
 Its outputs hold no timestamp and no HEAD commit (see `page.py` for the comparison's baseline),
 so the same lock, files and history give the same bytes.
 """
@@ -51,19 +52,20 @@ class Inputs:
     models: dict[str, dict]  # model file -> its record, checked (`models.py`)
     pictures: list[str]
     curves: dict[str, tuple[list[str], list[list[float]]]]  # TSV -> header, columns
+    tables: dict[str, tuple[list[str], list[list[str]]]]  # TSV -> header, rows
 
     def paths(self, pipeline: Pipeline) -> list[str]:
-        return sorted({*pipeline.metrics_files(), *self.pictures, *self.curves, *self.models})
+        return sorted(
+            {*pipeline.metrics_files(), *self.pictures, *self.curves, *self.tables, *self.models}
+        )
 
 
 def find_inputs(pipeline: Pipeline, root: Path) -> Inputs:
-    curves = {
-        c: curve
-        for c in page.output_files(root, pipeline, page.CURVE)
-        if (curve := page.read_curve(root / c)) is not None
-    }
+    tsvs = page.output_files(root, pipeline, page.CURVE)
+    curves = {c: curve for c in tsvs if (curve := page.read_curve(root / c)) is not None}
+    tables = {t: table for t in tsvs if (table := page.read_table(root / t)) is not None}
     pictures = page.output_files(root, pipeline, page.PICTURE)
-    return Inputs(all_models(pipeline, root), pictures, curves)
+    return Inputs(all_models(pipeline, root), pictures, curves, tables)
 
 
 def missing_deps(pipeline: Pipeline, inputs: list[str], stage: str = STAGE) -> list[str]:
@@ -94,7 +96,7 @@ def build_report(params: Params, root: Path = Path(".")) -> dict[str, Any]:
     baseline = page.find_baseline(root, files, values, params.history)
     pictures = {p: (root / p).read_bytes() for p in inputs.pictures}
     papers = {p.folder.rstrip("/"): p.title for p in params.papers}
-    report = page.build(audit, values, baseline, pictures, inputs.curves, papers)
+    report = page.build(audit, values, baseline, pictures, inputs.curves, inputs.tables, papers)
     outputs = {
         params.lineage: render(audit, as_json=False),
         params.html: page.to_html(report, params.html.as_posix()),
