@@ -15,11 +15,10 @@ import yaml
 
 from stages.common import training
 from stages.common.errors import StageError
-from stages.common.params import load_section
 from stages.motionmnist import cmocogan_evaluate as ev
 from stages.motionmnist import cmocogan_train as tr
 from stages.motionmnist.cmocogan import CMoCoGAN, Config, init_weights, losses
-from tests.stage_cli import REPO, run_stage_cli
+from tests.stage_cli import REPO, run_stage_cli, stage_params
 
 TINY = Config(frames=8, size=16, dim_z_content=4, dim_z_style=3, dim_z_motion=5, dim_e_motion=3,
               dim_eps=2, width=4, d_noise=0.1, clip_stride=2)  # fmt: skip
@@ -159,13 +158,9 @@ def tiny_sections(out: Path, data: Path) -> tuple[dict, dict]:
 
 
 def train_params(out: Path, data: Path, **changes) -> tr.Params:
-    full = yaml.safe_load((REPO / "params.yaml").read_text())
     train, _ = tiny_sections(out, data)
-    path = out.parent / f"{out.name}.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    section = full["cmocogan_train"] | train
-    path.write_text(yaml.safe_dump({"base": full["base"], "cmocogan_train": section}))
-    return replace(load_section(tr.Params, "cmocogan_train", path), **changes)
+    params = stage_params(tr.Params, "cmocogan_train", train, out.parent / f"{out.name}.yaml")
+    return replace(params, **changes)
 
 
 def test_resume_gives_the_bytes_of_an_unbroken_run(tmp_path, motionmnist_videos) -> None:

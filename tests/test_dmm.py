@@ -10,15 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from stages.common import training
 from stages.common.errors import StageError
-from stages.common.params import load_section
 from stages.motionmnist import dmm_evaluate as ev
 from stages.motionmnist import dmm_train as tr
 from stages.motionmnist.dmm import DMM, Config, gaussian_kl
-from tests.stage_cli import REPO, run_stage_cli
+from tests.stage_cli import run_stage_cli, stage_params
 
 TINY = Config(size=16, width=4, z_dim=6, hidden=16)
 
@@ -114,12 +112,9 @@ def tiny_sections(out: Path, data: Path) -> tuple[dict, dict]:
 
 
 def train_params(out: Path, data: Path, **changes) -> tr.Params:
-    full = yaml.safe_load((REPO / "params.yaml").read_text())
     train, _ = tiny_sections(out, data)
-    path = out.parent / f"{out.name}.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"base": full["base"], "dmm_train": full["dmm_train"] | train}))
-    return replace(load_section(tr.Params, "dmm_train", path), **changes)
+    params = stage_params(tr.Params, "dmm_train", train, out.parent / f"{out.name}.yaml")
+    return replace(params, **changes)
 
 
 def test_resume_gives_the_bytes_of_an_unbroken_run(tmp_path, motionmnist_videos) -> None:

@@ -11,16 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from stages.common import training
 from stages.common.errors import StageError
-from stages.common.params import load_section
 from stages.motionmnist import seqvae_evaluate as ev
 from stages.motionmnist import seqvae_train as tr
 from stages.motionmnist.dmm import gaussian_kl
 from stages.motionmnist.seqvae import Config, SequentialVAE, confusion
-from tests.stage_cli import REPO, run_stage_cli
+from tests.stage_cli import run_stage_cli, stage_params
 
 TINY = Config(size=16, frames=7, width=4, hidden=16, static_dim=5, dynamic_dim=3)
 
@@ -153,13 +151,9 @@ def tiny_sections(out: Path, data: Path) -> tuple[dict, dict]:
 
 
 def train_params(out: Path, data: Path) -> tr.Params:
-    full = yaml.safe_load((REPO / "params.yaml").read_text())
     train, _ = tiny_sections(out, data)
-    path = out.parent / f"{out.name}.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    section = full["seqvae_train"] | train
-    path.write_text(yaml.safe_dump({"base": full["base"], "seqvae_train": section}))
-    return load_section(tr.Params, "seqvae_train", path)
+    params = stage_params(tr.Params, "seqvae_train", train, out.parent / f"{out.name}.yaml")
+    return params
 
 
 def test_resume_gives_the_bytes_of_an_unbroken_run(tmp_path, motionmnist_videos) -> None:
