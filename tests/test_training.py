@@ -31,6 +31,28 @@ def test_batches_are_a_function_of_the_step_and_cover_each_epoch():
         training.batch_indices(1, "s", 0, rows, 51)
 
 
+def test_to_device_puts_2d_convolutions_channels_last_and_keeps_the_function():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 16 * 16, 5),
+    )
+    video = torch.nn.Conv3d(2, 4, 3)
+    x = torch.randn(2, 3, 8, 8)
+    before = model(x)
+    training.to_device(model, "cpu")
+    training.to_device(video, "cpu")
+    for conv in (model[0], model[2]):
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        assert not conv.weight.is_contiguous()
+    assert model[2](model[1](model[0](x))).is_contiguous(memory_format=torch.channels_last)
+    assert video.weight.is_contiguous()  # 3-D stays NCDHW (slower channels-last here)
+    assert torch.allclose(model(x), before, atol=1e-5)  # a layout, not another function
+
+
 def test_dvc_md5_matches_dvc_own_tree_hash(tmp_path):
     (tmp_path / "d" / "sub").mkdir(parents=True)
     files = {"part-00000.parquet": b"abc", "sub/x.bin": b"\x00" * 1000, "b.txt": b"hello\n"}

@@ -4,6 +4,7 @@ The loops themselves live beside their models (`stages/<area>/train.py`): they d
 share. This module gives them the same footing:
 
 - `prepare_torch`: seeded, deterministic torch on the device the params ask for, pinned threads;
+- `to_device`: a model on its device, its 2-D convolutions in the fast (channels-last) layout;
 - `load_splits` / `batch_indices`: the rows of one split of a sample dataset (small enough here
   to live on the device, so the GPU never waits for a loader), and the batch of any step from a
   named, epoch-keyed random stream, so the order depends on neither worker count nor resume
@@ -24,7 +25,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -38,7 +39,11 @@ from stages.common.hashing import file_digest
 from stages.common.seeding import rng, seed_torch
 
 log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from torch import nn
+
 C = TypeVar("C")
+M = TypeVar("M", bound="nn.Module")
 
 
 def prepare_torch(seed: int, device: str, threads: int, key: str) -> tuple[Any, dict[str, str]]:
@@ -64,6 +69,25 @@ def prepare_torch(seed: int, device: str, threads: int, key: str) -> tuple[Any, 
         torch.backends.cudnn.benchmark = True
         record["deterministic"] = "no"
     return torch.device(name), record
+
+
+def to_device(model: M, device: Any) -> M:
+    """`model` on `device`, each 2-D convolution's weight channels-last (NHWC).
+
+    The layout oneDNN and cuDNN run fastest: a convolution's output follows its weight's layout,
+    so whole conv stacks run in it. On 2 CPU cores it saves 17-25% of a training step of the CAE,
+    the sequential VAE, the DMM and the conditional MoCoGAN (`benchmarks/training_cpu.py`), not
+    of MDBiGAN, whose convolutions are too narrow to gain (it stays NCHW). 3-D convolutions stay
+    NCDHW: channels_last_3d made MDBiGAN's step 25% slower.
+    """
+    import torch
+    from torch import nn
+
+    model.to(device)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+            module.to(memory_format=torch.channels_last)
+    return model
 
 
 def load_splits(

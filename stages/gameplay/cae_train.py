@@ -111,7 +111,7 @@ def train(params: Params) -> dict[str, Any]:
         )
     mc = params.model_config
     config = Config(size=size, channels=tuple(mc.channels), bottleneck=mc.bottleneck)
-    model = CAE(config).to(device)
+    model = training.to_device(CAE(config), device)
     optimiser = torch.optim.Adam(model.parameters(), params.lr)
 
     source = training.provenance(params, MODULE, [params.clips])

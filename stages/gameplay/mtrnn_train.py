@@ -101,7 +101,7 @@ def load_cae(path: Path, device: Any) -> CAE:
     config, record = training.load_model(path, CAEConfig)
     cae = CAE(config)
     training.load_state(path, cae, record["state_dict"])
-    return cae.to(device).eval()
+    return training.to_device(cae, device).eval()
 
 
 def feature_sequences(

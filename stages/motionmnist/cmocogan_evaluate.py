@@ -102,7 +102,7 @@ def evaluate(params: Params) -> dict[str, Any]:
     config, record = training.load_model(params.model, Config)
     model = CMoCoGAN(config)
     training.load_state(params.model, model, record["state_dict"])
-    model.to(device).eval()
+    training.to_device(model, device).eval()
     heldout = read_heldout(params.model, record)
     splits = load_splits(params, config)
     test, train = splits["test"], subset(splits["train"], params.probe_rows, params.seed)

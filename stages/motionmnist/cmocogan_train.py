@@ -213,7 +213,7 @@ def train(params: Params) -> dict[str, Any]:
         )
     model = CMoCoGAN(config)
     init_weights(model)
-    model.to(device)
+    training.to_device(model, device)
     betas = (params.beta1, params.beta2)
     opt_d = torch.optim.Adam(model.discriminator_parameters(), params.lr, betas)
     opt_g = torch.optim.Adam(model.generator.parameters(), params.lr, betas)

@@ -119,7 +119,7 @@ def steps_beating(ours: np.ndarray, others: list[np.ndarray], lower_is_better: b
 def evaluate(params: Params) -> dict[str, Any]:
     device, device_info = training.prepare_torch(params.seed, params.device, params.threads, STAGE)
     config, record = training.load_model(params.model, Config)
-    model = DMM(config).to(device)
+    model = training.to_device(DMM(config), device)
     training.load_state(params.model, model, record["state_dict"])
     model.eval()
     rows = training.load_split(params.data, "test", ["frames"])

@@ -103,7 +103,7 @@ def train(params: Params) -> dict[str, Any]:
         raise StageError(params.data, f"videos of {frames} frames; prediction needs > {CONTEXT}")
     config = Config(size=size, **dataclasses.asdict(params.model_config))
     try:
-        model = DMM(config).to(device)
+        model = training.to_device(DMM(config), device)
     except ValueError as exc:
         raise StageError(f"params.yaml: {STAGE}.downsample", str(exc)) from None
     optimiser = torch.optim.Adam(model.parameters(), params.lr)

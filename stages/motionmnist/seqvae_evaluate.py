@@ -100,7 +100,7 @@ def load(params: Params, device: Any) -> tuple[SequentialVAE, dict[str, Any]]:
     config, record = training.load_model(params.model, Config)
     model = SequentialVAE(config)
     training.load_state(params.model, model, record["state_dict"])
-    return model.to(device).eval(), record
+    return training.to_device(model, device).eval(), record
 
 
 def load_rows(params: Params, config: Config) -> dict[str, dict[str, np.ndarray]]:

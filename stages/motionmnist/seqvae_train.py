@@ -171,7 +171,7 @@ def train(params: Params) -> dict[str, Any]:
     count, frames, size, _ = rows["frames"].shape
     config = Config(size=size, frames=frames, **dataclasses.asdict(params.model_config))
     try:
-        model = SequentialVAE(config).to(device)
+        model = training.to_device(SequentialVAE(config), device)
     except ValueError as exc:
         raise StageError(f"params.yaml: {STAGE}.downsample", str(exc)) from None
     opt_vae = torch.optim.Adam(model.vae_parameters(), params.lr)

@@ -225,6 +225,7 @@ def train(params: Params) -> dict[str, Any]:
     config = Config(frames=frames, size=size, **dataclasses.asdict(params.model_config))
     model = MDBiGAN(config)
     init_weights(model)
+    # NCHW: channels-last (`training.to_device`) measured 2-4% slower for these narrow convs
     model.to(device)
     opt_d = torch.optim.Adam(
         model.discriminator_parameters(), params.lr, (params.beta1, params.beta2)
