@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from stage_cli import REPO, params_file
 
 from stages.mcn import retrieval
 from stages.mcn import train as mt
@@ -233,6 +237,57 @@ def test_the_second_step_changes_no_frozen_parameter_or_statistic(tmp_path, feat
     assert all(torch.equal(a[k], b[k]) for k in a)  # phase 2 left them as phase 1 did
     t1, t2 = (branch_state(p / "models/AV-T-seed0.pt", text) for p in (short, long))
     assert not all(torch.equal(t1[k], t2[k]) for k in t1)  # the text branch did learn
+
+
+def test_two_processes_under_torchrun_learn_what_one_process_learns(tmp_path, features):
+    """DDP over 2 Gloo processes: each embeds its half of every batch, the losses see the whole
+    batch (gathered) and the gradients are averaged, so the video and text branches (no BatchNorm;
+    Gloo has no SyncBatchNorm) learn what one process learns, to float tolerance. The audio
+    branch, trained second, normalises each half with its own statistics and may differ."""
+
+    def run(folder, launcher):
+        changes = {
+            "features": {k: str(getattr(features, k)) for k in ("video", "audio", "text")},
+            "audio_window": WINDOW, "audio_crop": WINDOW, "models": str(folder / "models"),
+            "checkpoints": str(folder / "ck"), "live": str(folder / "live"), "device": "cpu",
+            "threads": 1, "batch": 8, "first_steps": 6, "second_steps": 2, "warmup_steps": 2,
+            "clusters": 4, "queue_batches": 2, "refit_every": 2, "log_every": 2,
+            "checkpoint_every": 4,
+            "model_config": {"embed_dim": 8, "davenet_widths": [2, 2, 4, 4],
+                             "reconstruction_hidden": 6},
+        }  # fmt: skip
+        path = params_file("mcn_train", changes, folder / "params.yaml")
+        command = [
+            *launcher,
+            "-m",
+            mt.MODULE,
+            "--params",
+            str(path),
+            "--set",
+            "order=VT-A",
+            "--set",
+            "seed=0",
+        ]
+        env = {**os.environ, "STAGES_RUN_LOG": str(folder / "logs")}
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return torch.load(folder / "models" / "VT-A-seed0.pt", weights_only=False)
+
+    one = run(tmp_path / "one", [sys.executable])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    two = run(tmp_path / "two", [*torchrun, "--nproc_per_node", "2"])
+    assert (one["processes"], two["processes"]) == (1, 2)
+    branches = ("video.", "text.", "text_projection.", "reconstruct.video", "reconstruct.text")
+    compared = [k for k in one["state_dict"] if k.startswith(branches)]
+    assert len(compared) >= 10
+    for key in compared:
+        a, b = one["state_dict"][key], two["state_dict"][key]
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), key
+    curve = "live/VT-A-seed0/plots/metrics/train/contrastive.tsv"  # the whole batch's loss
+    losses = [np.loadtxt(tmp_path / name / curve, skiprows=1)[:, 1] for name in ("one", "two")]
+    phase_1 = [curve[:3] for curve in losses]  # steps 2, 4, 6; step 8 trains audio's BatchNorm
+    assert len(losses[0]) == 4 and np.allclose(*phase_1, rtol=1e-5)
+    assert losses[0][0] != losses[0][1]  # it trained
 
 
 @pytest.mark.slow

@@ -53,6 +53,32 @@ def test_to_device_puts_2d_convolutions_channels_last_and_keeps_the_function():
     assert torch.allclose(model(x), before, atol=1e-5)  # a layout, not another function
 
 
+class RecordingLive:
+    """What a loop writes to DVCLive: (step, name, value) rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, str, float]] = []
+        self.step = 0
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.rows.append((self.step, name, value))
+
+    def make_summary(self) -> None:
+        pass
+
+
+def test_log_window_logs_means_and_a_resumed_window_goes_on_where_it_was():
+    live = RecordingLive()
+    window = training.LogWindow(live, 3, None, "cpu")
+    for done in range(1, 5):  # steps 1-3 logged, step 4 left half done
+        window.add(done, {"loss": torch.tensor(float(done)), "kl": torch.tensor(1.0)})
+    assert live.rows == [(3, "train/loss", 2.0), (3, "train/kl", 1.0)]
+    resumed = training.LogWindow(live, 3, window.state(), "cpu")  # as from a resume state
+    for done in (5, 6):
+        resumed.add(done, {"loss": torch.tensor(float(done)), "kl": torch.tensor(1.0)})
+    assert live.rows[2:] == [(6, "train/loss", 5.0), (6, "train/kl", 1.0)]  # (4 + 5 + 6) / 3
+
+
 def test_dvc_md5_matches_dvc_own_tree_hash(tmp_path):
     (tmp_path / "d" / "sub").mkdir(parents=True)
     files = {"part-00000.parquet": b"abc", "sub/x.bin": b"\x00" * 1000, "b.txt": b"hello\n"}

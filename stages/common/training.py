@@ -14,7 +14,9 @@ share. This module gives them the same footing:
 - `provenance` (input DVC hashes, code digest, resume fingerprint), `model_record`,
   `save_resume` / `load_resume`: resume state used only when the params section, the input
   hashes and the code digest all match;
-- `open_live`: DVCLive set up the project's way, trimmed back to the resume point.
+- `open_live`: DVCLive set up the project's way, trimmed back to the resume point;
+- `LogWindow` (a loop's values, logged as their means every N steps) and `finish` (the model
+  saved, the curves closed, the run-log timings): the tail every training loop shares.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -289,3 +292,52 @@ def open_live(directory: str | Path, resume_step: int | None) -> Any:
     )
     live.step = resume_step or 0
     return live
+
+
+class LogWindow:
+    """A training loop's logged values, summed on the device and written to DVCLive as their
+    means every `every` steps (reading a GPU value waits for the GPU, so only then).
+
+    `state()` belongs in the resume state: a window half done when a run stopped resumes where it
+    was, so the resumed curve is the unbroken one.
+    """
+
+    def __init__(self, live: Any, every: int, state: Mapping[str, Any] | None, device: Any) -> None:
+        self.live, self.every = live, every
+        self.sums = {key: value.to(device) for key, value in (state or {}).items()}
+
+    def add(self, done: int, values: Mapping[str, Any]) -> None:
+        """One step's values (detached tensors), then, after step `done`, the means if due."""
+        for key, value in values.items():
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        if done % self.every == 0:
+            self.live.step = done
+            for key, total in self.sums.items():
+                self.live.log_metric(f"train/{key}", total.item() / self.every)
+            self.sums = {}
+            self.live.make_summary()
+
+    def state(self) -> dict[str, Any]:
+        return {key: value.cpu() for key, value in self.sums.items()}
+
+
+def finish(
+    path: str | Path,
+    record: Mapping[str, Any],
+    live: Any,
+    started: float,
+    start: int,
+    steps: int,
+    per_step: int,
+    unit: str,
+) -> dict[str, Any]:
+    """Save the model file, close the curves; the run log's timings: seconds since `started`,
+    `unit`s per second over the steps trained (`per_step` a step), the step resumed at."""
+    seconds = time.perf_counter() - started
+    save_model(path, record)
+    live.end()
+    return {
+        "train_seconds": round(seconds, 2),
+        f"{unit}_per_s": round((steps - start) * per_step / max(seconds, 1e-9), 1),
+        "resumed_at": start,
+    }

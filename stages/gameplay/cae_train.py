@@ -116,13 +116,14 @@ def train(params: Params) -> dict[str, Any]:
 
     source = training.provenance(params, MODULE, [params.clips])
 
-    start, loss_sum = 0, torch.zeros((), device=device)
+    start, log_sums = 0, None
     resume = training.load_resume(params.checkpoint, source.fingerprint)
     if resume is not None and resume["step"] <= params.steps:
         training.load_state(params.checkpoint, model, resume["model"])
         optimiser.load_state_dict(resume["optimiser"])
-        start, loss_sum = resume["step"], resume["loss_sum"].to(device)
+        start, log_sums = resume["step"], resume["log_sums"]
     live = training.open_live(params.live, start or None)
+    window = training.LogWindow(live, params.log_every, log_sums, device)
     shown = frames[np.linspace(0, count - 1, 8).round().astype(int)]
 
     def autocast() -> torch.autocast:
@@ -139,31 +140,21 @@ def train(params: Params) -> dict[str, Any]:
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        loss_sum = loss_sum + loss.detach()
         done = step + 1
-        if done % params.log_every == 0:
-            live.step = done
-            live.log_metric("train/mse", loss_sum.item() / params.log_every)
-            live.make_summary()
-            loss_sum = torch.zeros((), device=device)
+        window.add(done, {"mse": loss.detach()})
         if done % params.sample_every == 0:
             path = Path(live.plots_dir) / "images" / f"reconstructions-step-{done:06d}.png"
             save_grid(path, reconstruction_tiles(model, shown))
         if done % params.checkpoint_every == 0 or done == params.steps:
             training.save_resume(params.checkpoint, {
                 "fingerprint": source.fingerprint, "step": done, "model": model.state_dict(),
-                "optimiser": optimiser.state_dict(), "loss_sum": loss_sum.cpu(),
+                "optimiser": optimiser.state_dict(), "log_sums": window.state(),
             })  # fmt: skip
-    seconds = time.perf_counter() - started
     record = training.model_record(model.state_dict(), config, params.steps, source, **device_info)
-    training.save_model(params.model, record)
-    live.end()
-    return {
-        "train_seconds": round(seconds, 2),
-        "frames_per_s": round((params.steps - start) * params.batch / max(seconds, 1e-9), 1),
-        "resumed_at": start,
-        **device_info,
-    }
+    timings = training.finish(
+        params.model, record, live, started, start, params.steps, params.batch, "frames"
+    )
+    return timings | device_info
 
 
 def main(params: Params) -> dict[str, Any]:

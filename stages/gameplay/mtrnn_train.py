@@ -175,13 +175,14 @@ def train(params: Params, stage: str, module: str) -> dict[str, Any]:
 
     source = training.provenance(params, module, [params.clips, params.cae])
 
-    start, loss_sum = 0, torch.zeros((), device=device)
+    start, log_sums = 0, None
     resume = training.load_resume(params.checkpoint, source.fingerprint)
     if resume is not None and resume["step"] <= params.steps:
         training.load_state(params.checkpoint, model, resume["model"])
         optimiser.load_state_dict(resume["optimiser"])
-        start, loss_sum = resume["step"], resume["loss_sum"].to(device)
+        start, log_sums = resume["step"], resume["log_sums"]
     live = training.open_live(params.live, start or None)
+    window = training.LogWindow(live, params.log_every, log_sums, device)
 
     started = time.perf_counter()
     for step in progress(
@@ -193,32 +194,20 @@ def train(params: Params, stage: str, module: str) -> dict[str, Any]:
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        loss_sum = loss_sum + loss.detach()
         done = step + 1
-        if done % params.log_every == 0:
-            live.step = done
-            live.log_metric("train/next_step_mse", loss_sum.item() / params.log_every)
-            live.make_summary()
-            loss_sum = torch.zeros((), device=device)
+        window.add(done, {"next_step_mse": loss.detach()})
         if done % params.checkpoint_every == 0 or done == params.steps:
             training.save_resume(params.checkpoint, {
                 "fingerprint": source.fingerprint, "step": done, "model": model.state_dict(),
-                "optimiser": optimiser.state_dict(), "loss_sum": loss_sum.cpu(),
+                "optimiser": optimiser.state_dict(), "log_sums": window.state(),
             })  # fmt: skip
-    seconds = time.perf_counter() - started
     record = training.model_record(
         model.state_dict(), config, params.steps, source,
         clip_ids=torch.from_numpy(clip_ids.astype(np.int64)), frame_stride=params.frame_stride,
         **extra, **device_info,
     )  # fmt: skip
-    training.save_model(params.model, record)
-    live.end()
-    return {
-        "train_seconds": round(seconds, 2),
-        "steps_per_s": round((params.steps - start) / max(seconds, 1e-9), 2),
-        "resumed_at": start,
-        **device_info,
-    }
+    timings = training.finish(params.model, record, live, started, start, params.steps, 1, "steps")
+    return timings | device_info
 
 
 def main(params: Params) -> dict[str, Any]:

@@ -20,6 +20,12 @@ Outputs: `models/mcn/<order>-seed<seed>.pt` (weights, config, order, input hashe
 DVCLive curves per run; resume state every `checkpoint_every` steps (`checkpoints/mcn/<run>.pt`:
 the model, the current phase's optimiser, schedule, k-means queue and centroids), so an
 interrupted run continues where it stopped, to the same bytes on the CPU.
+
+On several GPUs of one host, the same stage under torchrun is data parallel (`stages/common/ddp.py`:
+each process embeds its slice of every global batch, the losses see the whole batch, gradients are
+averaged by DistributedDataParallel), with the params file's batch, steps and schedule:
+
+    torchrun --nproc_per_node 2 -m stages.mcn.train --set order=AVT --set seed=0
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from stages.common import training
+from stages.common import ddp, training
 from stages.common.cli import run_stage
 from stages.common.errors import StageError
 from stages.common.progress import progress
@@ -138,8 +144,39 @@ def same_video_mask(videos: np.ndarray, device: Any) -> torch.Tensor:
     return torch.from_numpy(videos[:, None] == videos[None, :]).to(device)
 
 
+class ActiveBranches(torch.nn.Module):
+    """One phase's forward pass as a module DistributedDataParallel can wrap: each active
+    modality's (embedding, branch input), the frozen ones without gradients."""
+
+    def __init__(self, model: MCN, trained: list[str], frozen: list[str]) -> None:
+        super().__init__()
+        self.model, self.trained, self.frozen = model, trained, frozen
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
+        embedded = {}
+        for m in self.frozen + self.trained:
+            if m in self.frozen:
+                with torch.no_grad():
+                    embedded[m] = self.model.embed(m, inputs)
+            else:
+                embedded[m] = self.model.embed(m, inputs)
+        return embedded
+
+
 def train(params: Params) -> dict[str, Any]:
     device, device_info = training.prepare_torch(params.seed, params.device, params.threads, STAGE)
+    world, device = ddp.join(device)
+    world.check_batch(params.batch, f"{STAGE}.batch")
+    try:
+        return train_in(params, world, device, device_info)
+    finally:
+        ddp.leave(world)
+
+
+def train_in(
+    params: Params, world: ddp.World, device: Any, device_info: dict[str, str]
+) -> dict[str, Any]:
+    """The training of one process of `world` (a world of one under `dvc repro`)."""
     corpus = clipdata.load(params.features, params.corpus, params.audio_window)
     clips = corpus.take(clipdata.trainable(corpus))
     check(params, len(clips))
@@ -168,7 +205,7 @@ def train(params: Params) -> dict[str, Any]:
     start = resume["step"] if resume is not None and resume["step"] <= total else 0
     if start:
         training.load_state(checkpoint, model, resume["model"])
-    live = training.open_live(params.live / name, start or None)
+    live = training.open_live(params.live / name, start or None) if world.main else None
 
     started, global_step = time.perf_counter(), 0
     for index, (trained, frozen, steps) in enumerate(plan):
@@ -176,11 +213,11 @@ def train(params: Params) -> dict[str, Any]:
         if offset + steps <= start:  # a phase the interrupted run finished
             global_step += steps
             continue
-        active = frozen + trained
         for m in MODALITIES:
             for module in model.branch(m):
                 module.train(m in trained)
                 module.requires_grad_(m in trained)
+        branches = ddp.wrap(ActiveBranches(model, trained, frozen), world, device)
         parameters = [p for m in trained for mod in model.branch(m) for p in mod.parameters()]
         optimiser = torch.optim.Adam(parameters, params.lr, fused=True if on_gpu else None)
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -200,23 +237,16 @@ def train(params: Params) -> dict[str, Any]:
         ):  # fmt: skip
             rows = training.batch_indices(params.seed, f"mcn-{params.order}-{index}", step,
                                           len(clips), params.batch)  # fmt: skip
-            batch = clips.take(rows)
-            inputs = to_batch(batch, params.audio_crop, device)
-            embedded = {}
+            inputs = to_batch(clips.take(world.share(rows)), params.audio_crop, device)
             with autocast():
-                for m in active:
-                    if m in frozen:
-                        with torch.no_grad():
-                            embedded[m] = model.embed(m, inputs)
-                    else:
-                        embedded[m] = model.embed(m, inputs)
-                embeddings = {m: e for m, (e, _) in embedded.items()}
+                embedded = branches(inputs)
+                local = {m: e for m, (e, _) in embedded.items()}
+                embeddings = {m: ddp.gather(e, world) for m, e in local.items()}
                 loss_pairs = contrastive(
-                    embeddings, params.margin, same_video_mask(batch.videos, device)
+                    embeddings, params.margin, same_video_mask(clips.videos[rows], device)
                 )
                 recon = torch.stack([
-                    F.mse_loss(model.reconstruct[m](embeddings[m]), embedded[m][1])
-                    for m in trained
+                    F.mse_loss(model.reconstruct[m](local[m]), embedded[m][1]) for m in trained
                 ]).mean()  # fmt: skip
                 fused = torch.stack(list(embeddings.values())).mean(0).detach()
             # the queue and k-means stay fp32: a bf16 running sum would blur the centroids
@@ -227,6 +257,7 @@ def train(params: Params) -> dict[str, Any]:
                     pick = rng(params.seed, "mcn-kmeans", index).permutation(len(queued))
                     centroids = queued[torch.from_numpy(pick[: params.clusters]).to(device)]
                 centroids = spherical_kmeans(queued, centroids, params.kmeans_iterations)
+                centroids = ddp.from_main(centroids, world)
             with autocast():
                 loss_cluster = (
                     cluster_loss(
@@ -245,7 +276,7 @@ def train(params: Params) -> dict[str, Any]:
             optimiser.step()
             schedule.step()
             global_step = offset + step + 1
-            if global_step % params.checkpoint_every == 0 or global_step == total:
+            if world.main and (global_step % params.checkpoint_every == 0 or global_step == total):
                 training.save_resume(
                     checkpoint,
                     {
@@ -259,11 +290,13 @@ def train(params: Params) -> dict[str, Any]:
                     },
                 )
             if global_step % params.log_every == 0:
-                live.step = global_step
-                live.log_metric("train/contrastive", loss_pairs.item())
-                live.log_metric("train/cluster", loss_cluster.item())
-                live.log_metric("train/reconstruction", recon.item())
-                live.make_summary()
+                recon_all = ddp.mean(recon, world)  # every process takes part
+                if world.main:
+                    live.step = global_step
+                    live.log_metric("train/contrastive", loss_pairs.item())
+                    live.log_metric("train/cluster", loss_cluster.item())
+                    live.log_metric("train/reconstruction", recon_all.item())
+                    live.make_summary()
     seconds = time.perf_counter() - started
     record = training.model_record(
         model.state_dict(),
@@ -272,13 +305,15 @@ def train(params: Params) -> dict[str, Any]:
         source,
         order=params.order,
         audio_crop=params.audio_crop,
+        processes=world.size,
         **device_info,
     )
-    training.save_model(params.models / f"{name}.pt", record)
-    live.end()
+    if world.main:
+        training.save_model(params.models / f"{name}.pt", record)
+        live.end()
     return {"run": name, "train_seconds": round(seconds, 2), "resumed_at": start,
             "clips_per_s": round((total - start) * params.batch / max(seconds, 1e-9), 1),
-            **device_info}  # fmt: skip
+            "processes": world.size, **device_info}  # fmt: skip
 
 
 def main(params: Params) -> dict[str, Any]:

@@ -221,7 +221,7 @@ def train(params: Params) -> dict[str, Any]:
     source = training.provenance(params, MODULE, [params.data])
     heldout = heldout_array(params.heldout)
 
-    start, sums = 0, {}
+    start, log_sums = 0, None
     resume = training.load_resume(params.checkpoint, source.fingerprint)
     if resume is not None and resume["step"] <= params.steps:
         training.load_state(params.checkpoint, model, resume["model"])
@@ -231,9 +231,9 @@ def train(params: Params) -> dict[str, Any]:
         torch.set_rng_state(resume["torch_rng"])
         if device.type == "cuda":
             torch.cuda.set_rng_state(resume["cuda_rng"])
-        start = resume["step"]
-        sums = {k: v.to(device) for k, v in resume["log_sums"].items()}  # an interval half done
+        start, log_sums = resume["step"], resume["log_sums"]
     live = training.open_live(params.live, start or None)
+    window = training.LogWindow(live, params.log_every, log_sums, device)
     shown = grid_pairs(heldout)
 
     def autocast() -> torch.autocast:  # bf16 on the GPU (the losses themselves in fp32)
@@ -273,15 +273,8 @@ def train(params: Params) -> dict[str, Any]:
         logged |= {
             f"g_{k}": g_side[k].detach() for k in ("image", "video", "digit_ce", "motion_ce")
         }
-        for key, value in logged.items():
-            sums[key] = sums[key] + value if key in sums else value
         done = step + 1
-        if done % params.log_every == 0:
-            live.step = done
-            for key, total in sums.items():
-                live.log_metric(f"train/{key}", total.item() / params.log_every)
-            sums = {}
-            live.make_summary()
+        window.add(done, logged)
         if done % params.sample_every == 0:
             save_grid(
                 Path(live.plots_dir) / "images" / f"samples-step-{done:06d}.png",
@@ -301,23 +294,17 @@ def train(params: Params) -> dict[str, Any]:
                     "cuda_rng": torch.cuda.get_rng_state()
                     if device.type == "cuda"
                     else torch.empty(0),
-                    "log_sums": {k: v.cpu() for k, v in sums.items()},
+                    "log_sums": window.state(),
                 },
             )
-    seconds = time.perf_counter() - started
     record = training.model_record(
         model.state_dict(), config, params.steps, source, downsample=params.downsample,
         heldout=heldout.tolist(), **device_info,
     )  # fmt: skip
-    training.save_model(params.model, record)
-    live.end()
-    return {
-        "train_seconds": round(seconds, 2),
-        "videos_per_s": round((params.steps - start) * params.batch / max(seconds, 1e-9), 1),
-        "resumed_at": start,
-        **counts,
-        **device_info,
-    }
+    timings = training.finish(
+        params.model, record, live, started, start, params.steps, params.batch, "videos"
+    )
+    return timings | counts | device_info
 
 
 def main(params: Params) -> dict[str, Any]:

@@ -110,15 +110,15 @@ def train(params: Params) -> dict[str, Any]:
     generator = torch.Generator(device).manual_seed(params.seed)
     source = training.provenance(params, MODULE, [params.data])
 
-    start, sums = 0, {}
+    start, log_sums = 0, None
     resume = training.load_resume(params.checkpoint, source.fingerprint)
     if resume is not None and resume["step"] <= params.steps:
         training.load_state(params.checkpoint, model, resume["model"])
         optimiser.load_state_dict(resume["optimiser"])
         generator.set_state(resume["generator"])
-        start = resume["step"]
-        sums = dict(resume["log_sums"])  # a log interval half done
+        start, log_sums = resume["step"], resume["log_sums"]
     live = training.open_live(params.live, start or None)
+    window = training.LogWindow(live, params.log_every, log_sums, device)
     shown = videos[:4]  # fixed videos for the sample grids
 
     def autocast() -> torch.autocast:  # bf16 on the GPU (the loss itself in fp32)
@@ -136,15 +136,8 @@ def train(params: Params) -> dict[str, Any]:
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        for key, value in {"loss": loss, **parts}.items():
-            sums[key] = sums.get(key, 0.0) + value.item()
         done = step + 1
-        if done % params.log_every == 0:
-            live.step = done
-            for key, total in sums.items():
-                live.log_metric(f"train/{key}", total / params.log_every)
-            sums = {}
-            live.make_summary()
+        window.add(done, {key: value.detach() for key, value in {"loss": loss, **parts}.items()})
         if done % params.sample_every == 0:
             save_grid(
                 Path(live.plots_dir) / "images" / f"predictions-step-{done:06d}.png",
@@ -159,22 +152,17 @@ def train(params: Params) -> dict[str, Any]:
                     "model": model.state_dict(),
                     "optimiser": optimiser.state_dict(),
                     "generator": generator.get_state(),
-                    "log_sums": sums,
+                    "log_sums": window.state(),
                 },
             )
-    seconds = time.perf_counter() - started
     record = training.model_record(
         model.state_dict(), config, params.steps, source, downsample=params.downsample,
         **device_info,
     )  # fmt: skip
-    training.save_model(params.model, record)
-    live.end()
-    return {
-        "train_seconds": round(seconds, 2),
-        "videos_per_s": round((params.steps - start) * params.batch / max(seconds, 1e-9), 1),
-        "resumed_at": start,
-        **device_info,
-    }
+    timings = training.finish(
+        params.model, record, live, started, start, params.steps, params.batch, "videos"
+    )
+    return timings | device_info
 
 
 def main(params: Params) -> dict[str, Any]:

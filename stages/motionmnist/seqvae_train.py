@@ -179,16 +179,16 @@ def train(params: Params) -> dict[str, Any]:
     generator = torch.Generator(device).manual_seed(params.seed)
     source = training.provenance(params, MODULE, [params.data])
 
-    start, sums = 0, {}
+    start, log_sums = 0, None
     resume = training.load_resume(params.checkpoint, source.fingerprint)
     if resume is not None and resume["step"] <= params.steps:
         training.load_state(params.checkpoint, model, resume["model"])
         opt_vae.load_state_dict(resume["opt_vae"])
         opt_adversary.load_state_dict(resume["opt_adversary"])
         generator.set_state(resume["generator"])
-        start = resume["step"]
-        sums = {k: v.to(device) for k, v in resume["log_sums"].items()}  # a log interval half done
+        start, log_sums = resume["step"], resume["log_sums"]
     live = training.open_live(params.live, start or None)
+    window = training.LogWindow(live, params.log_every, log_sums, device)
     shown = rows["frames"][:4]  # fixed videos for the sample grids
 
     def autocast() -> torch.autocast:  # bf16 on the GPU (the losses themselves in fp32)
@@ -213,15 +213,8 @@ def train(params: Params) -> dict[str, Any]:
             generator=generator,
             autocast=autocast,
         )
-        for key, value in logged.items():
-            sums[key] = sums[key] + value if key in sums else value
         done = step + 1
-        if done % params.log_every == 0:
-            live.step = done
-            for key, total in sums.items():
-                live.log_metric(f"train/{key}", total.item() / params.log_every)
-            sums = {}
-            live.make_summary()
+        window.add(done, logged)
         if done % params.sample_every == 0:
             save_grid(
                 Path(live.plots_dir) / "images" / f"swaps-step-{done:06d}.png",
@@ -237,22 +230,17 @@ def train(params: Params) -> dict[str, Any]:
                     "opt_vae": opt_vae.state_dict(),
                     "opt_adversary": opt_adversary.state_dict(),
                     "generator": generator.get_state(),
-                    "log_sums": {k: v.cpu() for k, v in sums.items()},
+                    "log_sums": window.state(),
                 },
             )
-    seconds = time.perf_counter() - started
     record = training.model_record(
         model.state_dict(), config, params.steps, source, downsample=params.downsample,
         **device_info,
     )  # fmt: skip
-    training.save_model(params.model, record)
-    live.end()
-    return {
-        "train_seconds": round(seconds, 2),
-        "videos_per_s": round((params.steps - start) * params.batch / max(seconds, 1e-9), 1),
-        "resumed_at": start,
-        **device_info,
-    }
+    timings = training.finish(
+        params.model, record, live, started, start, params.steps, params.batch, "videos"
+    )
+    return timings | device_info
 
 
 def main(params: Params) -> dict[str, Any]:

@@ -267,13 +267,12 @@ def train(params: Params) -> dict[str, Any]:
                 "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(),  # the discriminators' noise and dropout
                 "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else torch.empty(0),
-                "log_sums": {k: v.cpu() for k, v in sums.items()},  # a log interval half done
+                "log_sums": window.state(),  # a log interval half done
             },
         )
 
-    sums: dict[str, torch.Tensor] = {}
-    if resume is not None and start:
-        sums = {k: v.to(device) for k, v in resume["log_sums"].items()}
+    log_sums = resume["log_sums"] if resume is not None and start else None
+    window = training.LogWindow(live, params.log_every, log_sums, device)
     started, snapshot_seconds = time.perf_counter(), {}
     for step in progress(
         range(start, params.steps), desc=STAGE, total=params.steps - start, unit="step"
@@ -292,15 +291,8 @@ def train(params: Params) -> dict[str, Any]:
             generator=generator,
             autocast=autocast,
         )
-        for key, value in losses.items():
-            sums[key] = sums[key] + value if key in sums else value
         done = step + 1
-        if done % params.log_every == 0:
-            live.step = done
-            for key, total in sums.items():
-                live.log_metric(f"train/{key}", total.item() / params.log_every)
-            sums = {}
-            live.make_summary()
+        window.add(done, losses)
         if done % params.sample_every == 0:
             save_grid(
                 Path(live.plots_dir) / "images" / f"samples-step-{done:06d}.png",
@@ -314,18 +306,11 @@ def train(params: Params) -> dict[str, Any]:
             snapshot_seconds[done] = round(time.perf_counter() - started, 2)
         if done % params.checkpoint_every == 0 or done == params.steps:
             checkpoint(done)
-    seconds = time.perf_counter() - started
     record = training.model_record(model.state_dict(), config, params.steps, source, **device_info)
-    training.save_model(params.model, record)
-    live.end()
-    trained = params.steps - start
-    return {
-        "train_seconds": round(seconds, 2),
-        "videos_per_s": round(trained * params.batch / max(seconds, 1e-9), 1),
-        "resumed_at": start,
-        "snapshot_seconds": snapshot_seconds,
-        **device_info,
-    }
+    timings = training.finish(
+        params.model, record, live, started, start, params.steps, params.batch, "videos"
+    )
+    return timings | {"snapshot_seconds": snapshot_seconds} | device_info
 
 
 def main(params: Params) -> dict[str, Any]:
