@@ -57,6 +57,12 @@ def section(module, name: str):
     return load_section(module.Params, name, PARAMS, {})
 
 
+def descend(optimiser: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+
+
 def place(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
     return training.to_device(model, "cpu") if channels_last else model.to("cpu")
 
@@ -74,10 +80,7 @@ def cae_step(channels_last: bool) -> Step:
 
     def step() -> None:
         x = cae_train.to_input(frames)
-        loss = torch.mean((model(x) - x) ** 2)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        descend(optimiser, torch.mean((model(x) - x) ** 2))
 
     return step
 
@@ -123,10 +126,7 @@ def dmm_step(channels_last: bool) -> Step:
     videos, generator = uint8_videos(p.batch, size), torch.Generator().manual_seed(0)
 
     def step() -> None:
-        loss, _ = model.loss(dmm_train.to_unit(videos), 1.0, generator)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        descend(optimiser, model.loss(dmm_train.to_unit(videos), 1.0, generator)[0])
 
     return step
 
@@ -150,14 +150,8 @@ def cmocogan_step(channels_last: bool) -> Step:
         picks = torch.randint(real.shape[1], (p.batch, p.image_frames), generator=generator)
         z_content, z_motion = model.generator.codes(d, m, generator)
         fake = model.generator.frames(z_content, z_motion[:, :: config.clip_stride])
-        d_side = losses(model, real, fake.detach(), d, m, picks, p.weight_class, "d")
-        opt_d.zero_grad(set_to_none=True)
-        d_side["loss"].backward()
-        opt_d.step()
-        g_side = losses(model, real, fake, d, m, picks, p.weight_class, "g")
-        opt_g.zero_grad(set_to_none=True)
-        g_side["loss"].backward()
-        opt_g.step()
+        descend(opt_d, losses(model, real, fake.detach(), d, m, picks, p.weight_class, "d")["loss"])
+        descend(opt_g, losses(model, real, fake, d, m, picks, p.weight_class, "g")["loss"])
 
     return step
 
@@ -189,10 +183,7 @@ def mtrnn_step(fused: bool, clips: int = 32) -> Step:
 
     def step() -> None:
         outputs = model(sequences[:, :-1], model.initial_slow, feedback=p.feedback)
-        loss = prediction_loss(outputs, sequences[:, 1:], lengths)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        descend(optimiser, prediction_loss(outputs, sequences[:, 1:], lengths))
 
     return step
 
