@@ -121,8 +121,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def post(port: int, route: str, body: dict, auth: str | None) -> Any:
-    """POST `body` to the server's API, with basic auth `auth` (None: unauthenticated)."""
+def post(port: int, route: str, body: dict, auth: str | None, attempts: int = 30) -> Any:
+    """POST `body` to the server's API, with basic auth `auth` (None: unauthenticated).
+
+    A 503 is asked again, a second apart, up to `attempts` times: Prefect's answer while its
+    SQLite database is busy with its own services, which a loaded machine makes likely (seen once
+    in CI, on create_flow_run)."""
     headers = {"Content-Type": "application/json"}
     if auth is not None:
         headers["Authorization"] = scheduler.basic_auth(auth)
@@ -132,8 +136,14 @@ def post(port: int, route: str, body: dict, auth: str | None) -> Any:
         headers=headers,
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    for attempt in range(1, attempts + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or attempt == attempts:
+                raise
+        time.sleep(1)
 
 
 def api(port: int, route: str, body: dict, auth: str) -> list[dict]:
