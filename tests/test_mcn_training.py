@@ -271,7 +271,7 @@ def test_two_processes_under_torchrun_learn_what_one_process_learns(tmp_path, fe
         env = {**os.environ, "STAGES_RUN_LOG": str(folder / "logs")}
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
-        return torch.load(folder / "models" / "VT-A-seed0.pt", weights_only=False)
+        return torch.load(folder / "models" / "VT-A-seed0.pt", weights_only=True)
 
     one = run(tmp_path / "one", [sys.executable])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
